@@ -1,0 +1,51 @@
+"""pynenc_lite: run slow Python functions on workers with one decorator, on the standard
+library alone.
+
+    from pynenc_lite import Pynenc
+    app = Pynenc()
+
+    @app.direct_task
+    def generate_report(period): ...   # call sites unchanged: blocks, returns the value
+"""
+
+from pynenc_lite.app import Pynenc
+from pynenc_lite.conf import PynencConfig
+from pynenc_lite.errors import (
+    BackendError,
+    ConfigError,
+    InvocationCancelledError,
+    InvocationTimeoutError,
+    PynencError,
+    RemoteTaskError,
+    SerializationError,
+    TaskNotFoundError,
+    WorkerLostError,
+)
+from pynenc_lite.invocation import Invocation, InvocationGroup
+from pynenc_lite.runner import RunningInvocation, ThreadRunner, current_invocation
+from pynenc_lite.status import InvocationStatus
+from pynenc_lite.task import DirectTask, Task
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendError",
+    "ConfigError",
+    "DirectTask",
+    "Invocation",
+    "InvocationCancelledError",
+    "InvocationGroup",
+    "InvocationStatus",
+    "InvocationTimeoutError",
+    "Pynenc",
+    "PynencConfig",
+    "PynencError",
+    "RemoteTaskError",
+    "RunningInvocation",
+    "SerializationError",
+    "Task",
+    "TaskNotFoundError",
+    "ThreadRunner",
+    "WorkerLostError",
+    "current_invocation",
+]

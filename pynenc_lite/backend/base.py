@@ -1,0 +1,185 @@
+"""The backend protocol: the only way the app and the runners touch stored state.
+
+A backend stores invocations and their outcomes and hands out leases on them. Each method is
+one atomic unit (one SQL transaction, one network request). It only ever sees plain data —
+ids, task names, bytes, numbers and status strings — and never a callable: it does not pickle
+or unpickle anything, so it can sit behind a network server that must not run user code.
+
+What it does not do: decide *how* to wait in-process (that is `pynenc_lite.waiting`), run
+tasks (`pynenc_lite.runner`), or know about the app's configuration object.
+
+Times (`now`) are float seconds since the epoch and are passed in by the caller, so tests can
+drive leases and expiry with a fake clock.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Optional, Sequence
+
+from pynenc_lite.status import InvocationStatus
+
+
+@dataclasses.dataclass(frozen=True)
+class NewInvocation:
+    """A call to be stored: `args` is the pickled `(args, kwargs)` pair, opaque here."""
+
+    invocation_id: str
+    app_id: str
+    task_name: str
+    args: bytes
+    run_at: float  # earliest time a worker may claim it
+    created_at: float
+
+
+@dataclasses.dataclass(frozen=True)
+class ClaimedInvocation:
+    """An invocation a worker now holds a lease on."""
+
+    invocation_id: str
+    task_name: str
+    args: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """How an invocation ended.
+
+    `payload` is the pickled return value (SUCCESS) or the pickled exception (FAILED), or
+    None when there is nothing loadable; `error` is a readable `Type: message` line and
+    `traceback` the worker's traceback text, both readable without unpickling anything.
+    """
+
+    invocation_id: str
+    status: InvocationStatus
+    payload: Optional[bytes] = None
+    error: Optional[str] = None
+    traceback: Optional[str] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class InvocationRecord:
+    """Everything stored about one invocation except its payloads, for inspection."""
+
+    invocation_id: str
+    app_id: str
+    task_name: str
+    status: InvocationStatus
+    attempts: int  # how many times it was started
+    lost_attempts: int  # how many times its worker vanished while holding it
+    owner: Optional[str]
+    lease_expires_at: Optional[float]
+    run_at: float
+    created_at: float
+    started_at: Optional[float]
+    finished_at: Optional[float]
+    error: Optional[str]
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerInfo:
+    """A runner announcing itself in heartbeats."""
+
+    worker_id: str
+    app_id: str
+    hostname: str
+    pid: int
+    threads: int
+    started_at: float
+
+
+class Backend(abc.ABC):
+    """Storage for invocations. Implementations: SQLite (`backend.sqlite`), remote (TCP)."""
+
+    # -- callers ----------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def submit(self, invocations: Sequence[NewInvocation]) -> None:
+        """Store new invocations as REGISTERED, all in one atomic unit."""
+
+    @abc.abstractmethod
+    def get_outcomes(self, invocation_ids: Sequence[str]) -> list[Outcome]:
+        """Outcomes of those of the given invocations that are final (others are left out)."""
+
+    @abc.abstractmethod
+    def get_finished_since(self, seq: int) -> tuple[int, list[str]]:
+        """Ids of invocations that became final after the outcome sequence number `seq`.
+
+        Returns the newest sequence number and the ids, oldest first. `seq=-1` returns the
+        current sequence number and no ids (a starting point for a watcher).
+        """
+
+    @abc.abstractmethod
+    def get_invocation(self, invocation_id: str) -> Optional[InvocationRecord]:
+        """The stored record, or None when there is no such invocation."""
+
+    @abc.abstractmethod
+    def count_live_workers(self, app_id: str, since: float) -> int:
+        """How many workers of `app_id` sent a heartbeat at or after `since`."""
+
+    # -- runners ----------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def claim(
+        self,
+        *,
+        app_id: str,
+        worker_id: str,
+        limit: int,
+        now: float,
+        lease_seconds: float,
+        max_lost_attempts: int,
+    ) -> list[ClaimedInvocation]:
+        """Lease up to `limit` runnable invocations of `app_id` to `worker_id` (-> PENDING).
+
+        Runnable: REGISTERED or RETRY whose `run_at <= now`, or PENDING/RUNNING whose lease
+        expired (their worker vanished). An expired one that was already lost
+        `max_lost_attempts` times is FAILED instead of being handed out again. Nothing is
+        ever deleted by a claim.
+        """
+
+    @abc.abstractmethod
+    def start(self, invocation_id: str, worker_id: str, now: float) -> Optional[int]:
+        """PENDING -> RUNNING if `worker_id` still holds the claim; returns the attempt number
+        (1 for the first run), or None when the claim was lost or the invocation cancelled."""
+
+    @abc.abstractmethod
+    def complete(self, outcome: Outcome, worker_id: str, now: float) -> bool:
+        """Record a final outcome if `worker_id` still holds the claim.
+
+        Returns False (and changes nothing) when the claim was lost meanwhile: a late
+        completion from a worker whose lease expired is ignored, so there is exactly one
+        outcome.
+        """
+
+    @abc.abstractmethod
+    def release(self, worker_id: str) -> int:
+        """Hand every invocation `worker_id` holds back to REGISTERED (graceful shutdown).
+        Returns how many were handed back."""
+
+    @abc.abstractmethod
+    def heartbeat(self, worker: WorkerInfo, now: float, lease_seconds: float) -> int:
+        """Record that `worker` is alive and extend every lease it holds to `now +
+        lease_seconds`. Returns how many leases were extended."""
+
+    @abc.abstractmethod
+    def remove_worker(self, worker_id: str) -> None:
+        """Forget a worker that stopped cleanly."""
+
+    @abc.abstractmethod
+    def has_runnable(self, app_id: str, now: float) -> bool:
+        """Cheap read-only check: would `claim` find anything right now?"""
+
+    # -- waiting ----------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def wait_for_change(self, token: Optional[int], timeout: float) -> int:
+        """Block until the stored data may have changed since `token`, or `timeout` passes.
+
+        Returns a new token to pass next time. With `token=None` returns at once with a
+        starting token. Spurious returns are allowed; missed changes are not.
+        """
+
+    def close(self) -> None:
+        """Release connections and sockets held by this backend (idempotent)."""

@@ -1,0 +1,526 @@
+"""The default backend: one SQLite file, shared by every process on one host.
+
+Decisions, each for a reason:
+- WAL journal: readers never block the one writer, so callers and workers poll cheaply.
+- `synchronous=NORMAL` by default: a commit survives a crash of the process (the WAL is
+  written), but the last commits may be lost on power loss; FULL fsyncs every commit.
+- One long-lived connection per thread, reopened after a fork (a SQLite connection must never
+  cross a fork).
+- Every write is `BEGIN IMMEDIATE ... COMMIT`, so a transaction takes the write lock at its
+  start and never has to be retried half-way. Threads of one process queue on a Python lock
+  instead of SQLite's busy handler (which sleeps in whole milliseconds); other processes are
+  waited for with short, growing sleeps up to `busy_timeout_seconds`.
+- Every status change is a conditional UPDATE built from `status.sources_of()`; no Python
+  read-then-write decides a transition.
+- Every final outcome takes the next number of the `outcome` counter, so a watcher can ask
+  "what finished since N?" with one indexed query.
+- The file is created with mode 0600: its payloads are pickles, and loading a pickle runs code.
+
+Cross-process change detection uses `PRAGMA data_version`, which reads no table: it changes
+on a connection when another connection commits. `wait_for_change` polls it, starting at
+`poll_min_seconds` and backing off to `poll_max_seconds`, so a waiter notices a commit from
+another process within about a millisecond while an idle one costs almost nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import sqlite3
+import threading
+import time
+from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar
+
+from pynenc_lite.backend.base import (
+    Backend,
+    ClaimedInvocation,
+    InvocationRecord,
+    NewInvocation,
+    Outcome,
+    WorkerInfo,
+)
+from pynenc_lite.errors import BackendError
+from pynenc_lite.status import (
+    CLAIMABLE_STATUSES,
+    LEASED_STATUSES,
+    InvocationStatus,
+    sources_of,
+)
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = "1"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO counters (name, value) VALUES ('outcome', 0);
+CREATE TABLE IF NOT EXISTS invocations (
+    seq INTEGER PRIMARY KEY,            -- insertion order: claims are first in, first out
+    id TEXT NOT NULL UNIQUE,
+    app_id TEXT NOT NULL,
+    task_name TEXT NOT NULL,
+    args BLOB NOT NULL,
+    status TEXT NOT NULL,
+    owner TEXT,                         -- worker holding the claim
+    lease_expires_at REAL,              -- set exactly while PENDING or RUNNING
+    run_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    lost_attempts INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    result BLOB,
+    error TEXT,
+    traceback TEXT,
+    outcome_seq INTEGER                 -- set when final (see get_finished_since)
+);
+CREATE INDEX IF NOT EXISTS ix_invocations_ready ON invocations (app_id, status, run_at);
+CREATE INDEX IF NOT EXISTS ix_invocations_lease
+    ON invocations (lease_expires_at) WHERE lease_expires_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS ix_invocations_owner ON invocations (owner) WHERE owner IS NOT NULL;
+CREATE INDEX IF NOT EXISTS ix_invocations_outcome
+    ON invocations (outcome_seq) WHERE outcome_seq IS NOT NULL;
+CREATE TABLE IF NOT EXISTS workers (
+    worker_id TEXT PRIMARY KEY,
+    app_id TEXT NOT NULL,
+    hostname TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    threads INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    last_heartbeat_at REAL NOT NULL
+);
+"""
+
+_T = TypeVar("_T")
+
+# SQLite's default limit on host parameters was 999 before 3.32; stay under it.
+_MAX_PARAMS = 900
+
+_CLAIMABLE = tuple(sorted(s.value for s in CLAIMABLE_STATUSES))
+_LEASED = tuple(sorted(s.value for s in LEASED_STATUSES))
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+def _chunks(items: Sequence[_T], size: int = _MAX_PARAMS) -> Iterator[Sequence[_T]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
+class SQLiteBackend(Backend):
+    """A `Backend` on one SQLite file. Safe to use from many threads and processes."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        synchronous: str = "NORMAL",
+        busy_timeout_seconds: float = 30.0,
+        poll_min_seconds: float = 0.0005,
+        poll_max_seconds: float = 0.05,
+    ) -> None:
+        if synchronous.upper() not in ("NORMAL", "FULL"):
+            raise ValueError(f"synchronous must be 'NORMAL' or 'FULL', got {synchronous!r}")
+        self.path = os.path.abspath(path)
+        self.synchronous = synchronous.upper()
+        self.busy_timeout_seconds = busy_timeout_seconds
+        self.poll_min_seconds = poll_min_seconds
+        self.poll_max_seconds = poll_max_seconds
+        self._local = threading.local()
+        # Serializes this process's write transactions, so its threads wait on each other
+        # here (woken at once) instead of in SQLite's sleeping busy handler.
+        self._write_lock = threading.Lock()
+        # Guards _schema_ready_pid and _connections.
+        self._setup_lock = threading.Lock()
+        self._schema_ready_pid: Optional[int] = None
+        self._connections: list[sqlite3.Connection] = []
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"SQLiteBackend({self.path!r})"
+
+    # -- connections ------------------------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        local = self._local
+        conn: Optional[sqlite3.Connection] = getattr(local, "conn", None)
+        if conn is not None and local.pid == os.getpid():
+            return conn
+        if self._closed:
+            raise BackendError(f"the backend for {self.path} was closed")
+        conn = self._open()
+        local.conn, local.pid = conn, os.getpid()
+        return conn
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            if not os.path.exists(self.path):
+                # Create it private before SQLite does: payloads are pickles. SQLite gives
+                # the -wal and -shm files the same permissions as the main file.
+                os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
+            conn = sqlite3.connect(
+                self.path, timeout=0, isolation_level=None, check_same_thread=False
+            )
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        except (OSError, sqlite3.Error) as exc:
+            raise BackendError(
+                f"cannot open the SQLite database at {self.path!r}: {exc}. Check that its "
+                "folder exists and is writable, or point sqlite_db_path "
+                "(PYNENC__SQLITE_DB_PATH) somewhere that is."
+            ) from exc
+        with self._setup_lock:
+            self._connections.append(conn)
+            if self._schema_ready_pid != os.getpid():
+                self._create_schema(conn)
+                self._schema_ready_pid = os.getpid()
+        return conn
+
+    def _create_schema(self, conn: sqlite3.Connection) -> None:
+        def setup(c: sqlite3.Connection) -> None:
+            # Statement by statement: executescript() would commit our transaction first.
+            for statement in _SCHEMA.split(";\n"):
+                if statement.strip():
+                    c.execute(statement)
+            row = c.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            if row is None:
+                c.execute("INSERT INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+            elif row[0] != SCHEMA_VERSION:
+                raise BackendError(
+                    f"{self.path} was written with schema version {row[0]}, this "
+                    f"pynenc_lite uses {SCHEMA_VERSION}; use a new sqlite_db_path or the "
+                    "matching pynenc_lite version."
+                )
+
+        self._retry_busy(lambda: conn.execute("PRAGMA journal_mode=WAL").fetchone())
+        self._write_txn(setup, conn)
+
+    def close(self) -> None:
+        with self._setup_lock:
+            self._closed = True
+            connections, self._connections = self._connections, []
+        for conn in connections:
+            try:
+                conn.close()
+            except sqlite3.Error:  # pragma: no cover - closing is best effort
+                pass
+
+    # -- transactions -----------------------------------------------------------------------
+
+    def _retry_busy(self, action: Callable[[], _T]) -> _T:
+        """Run `action`, retrying with short growing sleeps while another process holds
+        the lock, for at most `busy_timeout_seconds`."""
+        deadline = time.monotonic() + self.busy_timeout_seconds
+        delay = 0.0001
+        while True:
+            try:
+                return action()
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise BackendError(f"SQLite error on {self.path}: {exc}") from exc
+                if time.monotonic() >= deadline:
+                    raise BackendError(
+                        f"{self.path} stayed locked by another process for more than "
+                        f"{self.busy_timeout_seconds}s; raise sqlite_busy_timeout_seconds or "
+                        "look for a process holding a long transaction."
+                    ) from exc
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 0.005)
+
+    def _write_txn(
+        self, body: Callable[[sqlite3.Connection], _T], conn: Optional[sqlite3.Connection] = None
+    ) -> _T:
+        conn = conn if conn is not None else self._conn()
+        with self._write_lock:
+            self._retry_busy(lambda: conn.execute("BEGIN IMMEDIATE"))
+            try:
+                result = body(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        return result
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        conn = self._conn()
+        return self._retry_busy(lambda: conn.execute(sql, params).fetchall())
+
+    # -- callers ----------------------------------------------------------------------------
+
+    def submit(self, invocations: Sequence[NewInvocation]) -> None:
+        rows = [
+            (i.invocation_id, i.app_id, i.task_name, i.args, "REGISTERED", i.run_at, i.created_at)
+            for i in invocations
+        ]
+
+        def body(c: sqlite3.Connection) -> None:
+            c.executemany(
+                "INSERT INTO invocations (id, app_id, task_name, args, status, run_at, "
+                "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+
+        if rows:
+            self._write_txn(body)
+
+    def get_outcomes(self, invocation_ids: Sequence[str]) -> list[Outcome]:
+        outcomes = []
+        for chunk in _chunks(invocation_ids):
+            rows = self._read(
+                "SELECT id, status, result, error, traceback FROM invocations "
+                f"WHERE outcome_seq IS NOT NULL AND id IN ({_marks(len(chunk))})",
+                chunk,
+            )
+            outcomes.extend(
+                Outcome(row[0], InvocationStatus(row[1]), row[2], row[3], row[4]) for row in rows
+            )
+        return outcomes
+
+    def get_finished_since(self, seq: int) -> tuple[int, list[str]]:
+        if seq < 0:
+            row = self._read("SELECT value FROM counters WHERE name='outcome'")
+            return int(row[0][0]), []
+        rows = self._read(
+            "SELECT outcome_seq, id FROM invocations WHERE outcome_seq > ? ORDER BY outcome_seq",
+            (seq,),
+        )
+        if not rows:
+            return seq, []
+        return int(rows[-1][0]), [row[1] for row in rows]
+
+    def get_invocation(self, invocation_id: str) -> Optional[InvocationRecord]:
+        rows = self._read(
+            "SELECT id, app_id, task_name, status, attempts, lost_attempts, owner, "
+            "lease_expires_at, run_at, created_at, started_at, finished_at, error "
+            "FROM invocations WHERE id = ?",
+            (invocation_id,),
+        )
+        if not rows:
+            return None
+        r = rows[0]
+        return InvocationRecord(
+            r[0], r[1], r[2], InvocationStatus(r[3]), *r[4:]  # type: ignore[arg-type]
+        )
+
+    def count_live_workers(self, app_id: str, since: float) -> int:
+        rows = self._read(
+            "SELECT COUNT(*) FROM workers WHERE app_id = ? AND last_heartbeat_at >= ?",
+            (app_id, since),
+        )
+        return int(rows[0][0])
+
+    # -- runners ----------------------------------------------------------------------------
+
+    def has_runnable(self, app_id: str, now: float) -> bool:
+        rows = self._read(
+            "SELECT EXISTS (SELECT 1 FROM invocations WHERE app_id = ? AND status IN "
+            f"({_marks(len(_CLAIMABLE))}) AND run_at <= ?) OR EXISTS (SELECT 1 FROM "
+            "invocations WHERE lease_expires_at < ? AND app_id = ?)",
+            (app_id, *_CLAIMABLE, now, now, app_id),
+        )
+        return bool(rows[0][0])
+
+    def claim(
+        self,
+        *,
+        app_id: str,
+        worker_id: str,
+        limit: int,
+        now: float,
+        lease_seconds: float,
+        max_lost_attempts: int,
+    ) -> list[ClaimedInvocation]:
+        if limit <= 0 or not self.has_runnable(app_id, now):
+            return []  # the common idle case costs one read and no write lock
+
+        def body(c: sqlite3.Connection) -> list[ClaimedInvocation]:
+            expired = c.execute(
+                "SELECT seq, lost_attempts FROM invocations "
+                "WHERE lease_expires_at < ? AND app_id = ? LIMIT ?",
+                (now, app_id, limit),
+            ).fetchall()
+            lost_for_good = [seq for seq, lost in expired if lost + 1 >= max_lost_attempts]
+            if lost_for_good:
+                self._fail_lost(c, lost_for_good, max_lost_attempts, now)
+            recovered = [seq for seq, lost in expired if lost + 1 < max_lost_attempts]
+            fresh = c.execute(
+                "SELECT seq FROM invocations WHERE app_id = ? AND status IN "
+                f"({_marks(len(_CLAIMABLE))}) AND run_at <= ? ORDER BY run_at, seq LIMIT ?",
+                (app_id, *_CLAIMABLE, now, limit - len(recovered)),
+            ).fetchall()
+            seqs = recovered + [row[0] for row in fresh]
+            if not seqs:
+                return []
+            if recovered:
+                logger.warning(
+                    "worker %s reclaims %d invocation(s) whose worker stopped heartbeating",
+                    worker_id,
+                    len(recovered),
+                )
+                c.execute(
+                    "UPDATE invocations SET lost_attempts = lost_attempts + 1 "
+                    f"WHERE seq IN ({_marks(len(recovered))})",
+                    recovered,
+                )
+            c.execute(
+                "UPDATE invocations SET status = 'PENDING', owner = ?, lease_expires_at = ? "
+                f"WHERE seq IN ({_marks(len(seqs))})",
+                (worker_id, now + lease_seconds, *seqs),
+            )
+            rows = c.execute(
+                f"SELECT id, task_name, args FROM invocations WHERE seq IN ({_marks(len(seqs))}) "
+                "ORDER BY run_at, seq",
+                seqs,
+            ).fetchall()
+            return [ClaimedInvocation(*row) for row in rows]
+
+        return self._write_txn(body)
+
+    def _fail_lost(
+        self, c: sqlite3.Connection, seqs: list[int], max_lost_attempts: int, now: float
+    ) -> None:
+        error = (
+            f"WorkerLostError: the worker running this invocation vanished "
+            f"{max_lost_attempts} time(s) (killed, crashed or its host stopped), so it is not "
+            "tried again. If the task itself ends its process (os._exit, a crash in C code, "
+            "running out of memory), fix that; raise max_lost_attempts to allow more tries."
+        )
+        for seq in seqs:
+            c.execute(
+                "UPDATE invocations SET status = 'FAILED', owner = NULL, lease_expires_at = "
+                "NULL, lost_attempts = lost_attempts + 1, finished_at = ?, error = ?, "
+                "result = NULL, outcome_seq = ? WHERE seq = ?",
+                (now, error, self._next_outcome_seq(c), seq),
+            )
+        logger.error("%d invocation(s) failed: %s", len(seqs), error)
+
+    @staticmethod
+    def _next_outcome_seq(c: sqlite3.Connection) -> int:
+        c.execute("UPDATE counters SET value = value + 1 WHERE name = 'outcome'")
+        return int(c.execute("SELECT value FROM counters WHERE name = 'outcome'").fetchone()[0])
+
+    def start(self, invocation_id: str, worker_id: str, now: float) -> Optional[int]:
+        sources = sources_of(InvocationStatus.RUNNING)
+
+        def body(c: sqlite3.Connection) -> Optional[int]:
+            cur = c.execute(
+                "UPDATE invocations SET status = 'RUNNING', attempts = attempts + 1, "
+                f"started_at = ? WHERE id = ? AND owner = ? AND status IN ({_marks(len(sources))})",
+                (now, invocation_id, worker_id, *sources),
+            )
+            if cur.rowcount == 0:
+                return None
+            row = c.execute("SELECT attempts FROM invocations WHERE id = ?", (invocation_id,))
+            return int(row.fetchone()[0])
+
+        return self._write_txn(body)
+
+    def complete(self, outcome: Outcome, worker_id: str, now: float) -> bool:
+        if not outcome.status.is_final():
+            raise ValueError(f"complete() needs a final status, got {outcome.status}")
+        sources = sources_of(outcome.status)
+
+        def body(c: sqlite3.Connection) -> bool:
+            # A refused completion leaves a gap in the sequence; watchers do not mind gaps.
+            cur = c.execute(
+                "UPDATE invocations SET status = ?, owner = NULL, lease_expires_at = NULL, "
+                "result = ?, error = ?, traceback = ?, finished_at = ?, outcome_seq = ? "
+                f"WHERE id = ? AND owner = ? AND status IN ({_marks(len(sources))})",
+                (
+                    outcome.status.value,
+                    outcome.payload,
+                    outcome.error,
+                    outcome.traceback,
+                    now,
+                    self._next_outcome_seq(c),
+                    outcome.invocation_id,
+                    worker_id,
+                    *sources,
+                ),
+            )
+            return cur.rowcount > 0
+
+        accepted = self._write_txn(body)
+        if not accepted:
+            logger.warning(
+                "ignored a late %s outcome for invocation %s from worker %s: it no longer "
+                "holds the claim (its lease expired and the invocation was taken over)",
+                outcome.status,
+                outcome.invocation_id,
+                worker_id,
+            )
+        return accepted
+
+    def release(self, worker_id: str) -> int:
+        sources = sources_of(InvocationStatus.REGISTERED)
+
+        def body(c: sqlite3.Connection) -> int:
+            cur = c.execute(
+                "UPDATE invocations SET status = 'REGISTERED', owner = NULL, "
+                f"lease_expires_at = NULL WHERE owner = ? AND status IN ({_marks(len(sources))})",
+                (worker_id, *sources),
+            )
+            return int(cur.rowcount)
+
+        return self._write_txn(body)
+
+    def heartbeat(self, worker: WorkerInfo, now: float, lease_seconds: float) -> int:
+        def body(c: sqlite3.Connection) -> int:
+            c.execute(
+                "INSERT INTO workers (worker_id, app_id, hostname, pid, threads, started_at, "
+                "last_heartbeat_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (worker_id) "
+                "DO UPDATE SET last_heartbeat_at = excluded.last_heartbeat_at",
+                (
+                    worker.worker_id,
+                    worker.app_id,
+                    worker.hostname,
+                    worker.pid,
+                    worker.threads,
+                    worker.started_at,
+                    now,
+                ),
+            )
+            cur = c.execute(
+                "UPDATE invocations SET lease_expires_at = ? WHERE owner = ? AND "
+                f"status IN ({_marks(len(_LEASED))})",
+                (now + lease_seconds, worker.worker_id, *_LEASED),
+            )
+            return int(cur.rowcount)
+
+        return self._write_txn(body)
+
+    def remove_worker(self, worker_id: str) -> None:
+        self._write_txn(
+            lambda c: c.execute("DELETE FROM workers WHERE worker_id = ?", (worker_id,))
+        )
+
+    # -- waiting ----------------------------------------------------------------------------
+
+    def wait_for_change(self, token: Optional[int], timeout: float) -> int:
+        conn = self._conn()
+
+        def version() -> int:
+            return int(conn.execute("PRAGMA data_version").fetchone()[0])
+
+        current = self._retry_busy(version)
+        if token is None:
+            return current
+        deadline = time.monotonic() + timeout
+        interval = self.poll_min_seconds
+        while current == token:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            time.sleep(min(interval, remaining))
+            interval = min(interval * 1.5, self.poll_max_seconds)
+            current = self._retry_busy(version)
+        return current

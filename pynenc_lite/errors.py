@@ -1,0 +1,60 @@
+"""The library's own exceptions.
+
+Every error pynenc_lite raises for its own reasons derives from `PynencError`, so one
+`except PynencError:` catches them all. A task's own exception is *not* wrapped: it is
+re-raised at the call site with its original type (see `pynenc_lite.serializer`).
+
+Errors that describe a wait that ran out also derive from the builtin `TimeoutError`, and a
+cancelled invocation's error from `concurrent.futures.CancelledError`, so code written for
+`concurrent.futures` keeps working.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+
+
+class PynencError(Exception):
+    """Root of every error raised by pynenc_lite itself."""
+
+
+class ConfigError(PynencError, ValueError):
+    """A configuration field is unknown or has a value of the wrong kind."""
+
+
+class BackendError(PynencError):
+    """The storage behind the queue could not be opened, read or written."""
+
+
+class InvocationTimeoutError(PynencError, TimeoutError):
+    """A wait for an invocation's result ran out of time (the invocation goes on)."""
+
+
+class InvocationCancelledError(PynencError, concurrent.futures.CancelledError):
+    """The invocation was cancelled before it produced a result."""
+
+
+class TaskNotFoundError(PynencError):
+    """A worker could not find the function for a task name (not importable there)."""
+
+
+class RemoteTaskError(PynencError):
+    """A task failed on a worker and its exception could not be brought back as itself.
+
+    Raised when the original exception could not be pickled on the worker or unpickled in the
+    caller; the message names the original type and message, and `remote_traceback` holds the
+    worker's traceback text.
+    """
+
+    def __init__(self, message: str, remote_traceback: str = "") -> None:
+        super().__init__(message)
+        self.remote_traceback = remote_traceback
+
+
+class SerializationError(PynencError):
+    """Arguments or a result could not be pickled or unpickled."""
+
+
+class WorkerLostError(PynencError):
+    """The worker running the invocation vanished (crashed, killed, or its host stopped) too
+    many times in a row, so the invocation was failed instead of being tried again."""

@@ -1,0 +1,240 @@
+"""Handles on calls: `Invocation` (one call) and `InvocationGroup` (a fan-out).
+
+An invocation's outcome arrives as a `concurrent.futures.Future` from the app's hub (see
+`waiting`), so waiting behaves like futures: `timeout=` in seconds, a `TimeoutError`
+subclass when it runs out, `as_completed` over a group, and `asyncio` awaiting through
+`asyncio.wrap_future` without blocking the event loop.
+
+In sync mode the future is already resolved when the handle is made.
+
+This module turns an outcome into a value or a raised exception; it does not store or run
+anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import logging
+import time
+from typing import TYPE_CHECKING, Any, Generic, Iterator, Optional, TypeVar, Union
+
+from pynenc_lite import serializer
+from pynenc_lite.backend.base import InvocationRecord, Outcome
+from pynenc_lite.errors import InvocationCancelledError, InvocationTimeoutError
+from pynenc_lite.status import InvocationStatus
+
+if TYPE_CHECKING:
+    from pynenc_lite.app import Pynenc
+
+logger = logging.getLogger(__name__)
+
+R = TypeVar("R")
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalOutcome:
+    """The outcome of a call run inline (sync mode): a value, or an exception to raise."""
+
+    invocation_id: str
+    value: Any = None
+    exception: Optional[BaseException] = None
+
+
+AnyOutcome = Union[Outcome, LocalOutcome]
+
+
+class Invocation(Generic[R]):
+    """One call of a task. Returned by calling an `@app.task` function.
+
+    `.result` blocks until the value is there and returns it, or re-raises the task's own
+    exception with its original type.
+    """
+
+    def __init__(
+        self,
+        app: Pynenc,
+        task_name: str,
+        invocation_id: str,
+        future: Optional[concurrent.futures.Future[AnyOutcome]] = None,
+    ) -> None:
+        self.app = app
+        self.task_name = task_name
+        self.invocation_id = invocation_id
+        self._future = future
+
+    def __repr__(self) -> str:
+        return f"<Invocation {self.task_name} {self.invocation_id}>"
+
+    # -- state ------------------------------------------------------------------------------
+
+    @property
+    def future(self) -> concurrent.futures.Future[AnyOutcome]:
+        """The future that receives the outcome (registered with the hub on first use)."""
+        if self._future is None:
+            self._future = self.app.hub.future_for(self.invocation_id)  # type: ignore[assignment]
+        assert self._future is not None
+        return self._future
+
+    def done(self) -> bool:
+        """True when the invocation has a final outcome (without waiting)."""
+        if self._future is not None and self._future.done():
+            return True
+        return self.status.is_final()
+
+    @property
+    def status(self) -> InvocationStatus:
+        """The stored status now (one read; SUCCESS/FAILED at once for sync calls)."""
+        if self._future is not None and self._future.done():
+            outcome = self._future.result()
+            if isinstance(outcome, LocalOutcome):
+                return InvocationStatus.FAILED if outcome.exception else InvocationStatus.SUCCESS
+            return outcome.status
+        record = self.record()
+        if record is None:
+            raise LookupError(f"no stored invocation {self.invocation_id} for {self.task_name}")
+        return record.status
+
+    def record(self) -> Optional[InvocationRecord]:
+        """Everything stored about this invocation (status, attempts, times), or None."""
+        if self.app.conf.dev_mode_force_sync_tasks:
+            return None
+        return self.app.backend.get_invocation(self.invocation_id)
+
+    @property
+    def attempts(self) -> int:
+        """How many times a worker started this invocation (1 for a sync call)."""
+        record = self.record()
+        return 1 if record is None else record.attempts
+
+    # -- results ----------------------------------------------------------------------------
+
+    @property
+    def result(self) -> R:
+        """The return value, waiting up to `result_timeout_seconds` (config; None = no limit).
+
+        Raises:
+            the task's own exception (original type, worker traceback as its cause);
+            InvocationTimeoutError: (a `TimeoutError`) the wait ran out;
+            InvocationCancelledError: the invocation was cancelled.
+        """
+        return self.get_result(self.app.conf.result_timeout_seconds)
+
+    def get_result(self, timeout: Optional[float] = None) -> R:
+        """The return value, waiting at most `timeout` seconds (None: no limit).
+
+        The invocation is not affected when the wait runs out; ask again later.
+
+        Raises:
+            like `result`.
+        """
+        return self._decode(self._wait(timeout))
+
+    async def async_result(self, timeout: Optional[float] = None) -> R:
+        """Await the return value without blocking the event loop. Raises like `result`."""
+        future = asyncio.wrap_future(self.future)
+        # asyncio.wait never cancels what it waits for, so a timeout here leaves the shared
+        # future intact for other waiters.
+        done, _ = await asyncio.wait({future}, timeout=timeout)
+        if not done:
+            raise self._timeout_error(timeout)
+        return self._decode(future.result())
+
+    def _wait(self, timeout: Optional[float]) -> AnyOutcome:
+        future = self.future
+        if future.done():
+            return future.result()
+        if timeout is not None and timeout < 0:
+            raise ValueError(f"timeout must be None or >= 0 seconds, got {timeout}")
+        start = time.monotonic()
+        deadline = None if timeout is None else start + timeout
+        check_every = max(self.app.conf.no_worker_warning_seconds, 0.01)
+        warned = False
+        while True:
+            step = check_every if deadline is None else min(check_every, deadline - time.monotonic())
+            try:
+                return future.result(timeout=max(step, 0))
+            except concurrent.futures.TimeoutError:
+                pass
+            if deadline is not None and time.monotonic() >= deadline:
+                raise self._timeout_error(timeout)
+            if not warned:
+                warned = self.app.warn_if_no_worker(self, time.monotonic() - start)
+
+    def _timeout_error(self, timeout: Optional[float]) -> InvocationTimeoutError:
+        return InvocationTimeoutError(
+            f"{self.task_name} invocation {self.invocation_id} did not finish within "
+            f"{timeout}s; it goes on (ask again with get_result(timeout=...)). "
+            "If it never runs, check that a worker is running for app "
+            f"{self.app.app_id!r}."
+        )
+
+    def _decode(self, outcome: AnyOutcome) -> R:
+        if isinstance(outcome, LocalOutcome):
+            if outcome.exception is not None:
+                raise outcome.exception
+            return outcome.value  # type: ignore[no-any-return]
+        if outcome.status is InvocationStatus.SUCCESS:
+            assert outcome.payload is not None
+            return serializer.loads_value(self.task_name, outcome.payload)  # type: ignore[no-any-return]
+        if outcome.status is InvocationStatus.CANCELLED:
+            raise InvocationCancelledError(
+                f"{self.task_name} invocation {self.invocation_id} was cancelled"
+            )
+        raise serializer.load_exception(outcome.payload, outcome.error, outcome.traceback)
+
+
+class InvocationGroup(Generic[R]):
+    """The invocations of one fan-out (`task.parallelize(...)`), in input order."""
+
+    def __init__(self, invocations: list[Invocation[R]]) -> None:
+        self.invocations = invocations
+
+    def __iter__(self) -> Iterator[Invocation[R]]:
+        return iter(self.invocations)
+
+    def __len__(self) -> int:
+        return len(self.invocations)
+
+    def __repr__(self) -> str:
+        return f"<InvocationGroup of {len(self.invocations)}>"
+
+    @property
+    def results(self) -> Iterator[R]:
+        """Each result in input order, waiting for each in turn; re-raises the first failure
+        met in that order (the others go on running)."""
+        for invocation in self.invocations:
+            yield invocation.result
+
+    def get_results(self, timeout: Optional[float] = None) -> list[R]:
+        """All results in input order, waiting at most `timeout` seconds in total.
+
+        Raises:
+            the first failure in input order; InvocationTimeoutError when time runs out.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        values = []
+        for invocation in self.invocations:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            values.append(invocation.get_result(remaining))
+        return values
+
+    def as_completed(self, timeout: Optional[float] = None) -> Iterator[Invocation[R]]:
+        """Yield the invocations as they finish (like `concurrent.futures.as_completed`).
+
+        Raises:
+            InvocationTimeoutError: `timeout` seconds passed before all finished.
+        """
+        by_future: dict[Any, list[Invocation[R]]] = {}
+        for invocation in self.invocations:
+            by_future.setdefault(invocation.future, []).append(invocation)
+        try:
+            for future in concurrent.futures.as_completed(by_future, timeout=timeout):
+                yield from by_future[future]
+        except concurrent.futures.TimeoutError:
+            pending = sum(not f.done() for f in by_future)
+            raise InvocationTimeoutError(
+                f"{pending} of {len(self.invocations)} invocations did not finish within "
+                f"{timeout}s; they go on running."
+            ) from None

@@ -1,0 +1,94 @@
+"""Running one claimed invocation: find the function, load the arguments, call it, and
+package the outcome. Never raises: every failure becomes a FAILED outcome with a readable
+error, so a bad invocation cannot take a runner down or be retried forever.
+
+Shared by the thread runner and the worker processes; it does no storage I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import dataclasses
+import inspect
+import logging
+import threading
+from typing import TYPE_CHECKING, Any, Optional
+
+from pynenc_lite import serializer
+from pynenc_lite.backend.base import ClaimedInvocation, Outcome
+from pynenc_lite.status import InvocationStatus
+
+if TYPE_CHECKING:
+    from pynenc_lite.app import Pynenc
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunningInvocation:
+    """What a running task can learn about itself (see `current_invocation()`)."""
+
+    invocation_id: str
+    task_name: str
+    attempt: int  # 1 on the first run; higher after a worker was lost or a retry
+    worker_id: str
+
+
+_current: contextvars.ContextVar[Optional[RunningInvocation]] = contextvars.ContextVar(
+    "pynenc_lite_current_invocation", default=None
+)
+
+
+def run_coroutine_blocking(coroutine: Any) -> Any:
+    """Run a coroutine to completion from synchronous code, even inside a running loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    # A loop runs in this thread (sync mode called from async code): use a fresh thread.
+    box: list[Any] = []
+
+    def target() -> None:
+        try:
+            box.append((True, asyncio.run(coroutine)))
+        except BaseException as exc:  # handed back to the calling thread below
+            box.append((False, exc))
+
+    thread = threading.Thread(target=target, name="pynenc-lite-inline-async")
+    thread.start()
+    thread.join()
+    ok, value = box[0]
+    if not ok:
+        raise value
+    return value
+
+
+def current_invocation() -> Optional[RunningInvocation]:
+    """The invocation the calling code runs in, when called from inside a task on a runner."""
+    return _current.get()
+
+
+def run_claimed(
+    app: Pynenc, claimed: ClaimedInvocation, attempt: int, worker_id: str
+) -> Outcome:
+    """Run `claimed` in this thread and return its outcome (never raises an Exception)."""
+    token = _current.set(
+        RunningInvocation(claimed.invocation_id, claimed.task_name, attempt, worker_id)
+    )
+    try:
+        func = app.resolve_function(claimed.task_name)
+        args, kwargs = serializer.loads_call(claimed.task_name, claimed.args)
+        value = func(*args, **kwargs)
+        if inspect.iscoroutine(value):
+            value = run_coroutine_blocking(value)
+        payload = serializer.dumps_value(claimed.task_name, value)
+        return Outcome(claimed.invocation_id, InvocationStatus.SUCCESS, payload)
+    except (Exception, SystemExit) as exc:
+        # SystemExit too: a task calling sys.exit() must fail its invocation, not end a
+        # worker thread silently.
+        payload, error, text = serializer.dumps_exception(exc)
+        logger.debug("invocation %s of %s failed: %s", claimed.invocation_id, claimed.task_name, error)
+        return Outcome(claimed.invocation_id, InvocationStatus.FAILED, payload, error, text)
+    finally:
+        _current.reset(token)

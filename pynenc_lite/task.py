@@ -1,0 +1,199 @@
+"""Decorated functions: `Task` (from `@app.task`) and `DirectTask` (from `@app.direct_task`).
+
+A task is known everywhere by its name, `module.qualname` of the function, so a worker in
+another process finds the same function by importing that module. The objects here only
+shape calls — turning `f(x)` into invocation requests and results back into values; the app
+stores them and the runners run them.
+
+    @app.task            f(x) -> Invocation       (returns at once; .result waits)
+    @app.direct_task     f(x) -> value            (blocks; re-raises the task's exception)
+      + parallel_func    f(xs) -> aggregate_func([f_part(*a) for a in parallel_func(args)])
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import importlib
+import inspect
+import logging
+from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, Optional, TypeVar
+
+from pynenc_lite.invocation import Invocation, InvocationGroup
+
+if TYPE_CHECKING:
+    from pynenc_lite.app import Pynenc
+
+logger = logging.getLogger(__name__)
+
+R = TypeVar("R")
+
+Call = tuple[tuple[Any, ...], dict[str, Any]]
+
+# pynenc task options that pynenc_lite accepts but does not act on yet: a pynenc decorator
+# keeps working, with one warning per option name.
+PYNENC_ONLY_OPTIONS = frozenset(
+    {
+        "max_retries",
+        "retry_for",
+        "running_concurrency",
+        "registration_concurrency",
+        "key_arguments",
+        "on_diff_non_key_args_raise",
+        "call_result_cache",
+        "disable_cache_args",
+        "force_new_workflow",
+        "reroute_on_concurrency_control",
+        "parallel_batch_size",
+    }
+)
+_warned_options: set[str] = set()
+
+
+def check_options(task_name: str, options: dict[str, Any]) -> None:
+    """Reject unknown task options by name; warn once about pynenc-only ones.
+
+    Raises:
+        TypeError: an option pynenc_lite and pynenc do not know.
+    """
+    for name in options:
+        if name not in PYNENC_ONLY_OPTIONS:
+            raise TypeError(
+                f"unknown task option {name!r} for {task_name}; accepted: parallel_func, "
+                f"aggregate_func (direct_task), and pynenc's {sorted(PYNENC_ONLY_OPTIONS)}"
+            )
+        if name not in _warned_options:
+            _warned_options.add(name)
+            logger.warning(
+                "task option %r (used by %s) is accepted for pynenc compatibility but not "
+                "acted on by this version of pynenc_lite",
+                name,
+                task_name,
+            )
+
+
+def to_call(item: Any, where: str) -> Call:
+    """One call's arguments from a `parallel_func`/`parallelize` item.
+
+    Raises:
+        TypeError: the item is neither a tuple (positional) nor a dict (keyword).
+    """
+    if isinstance(item, tuple):
+        return item, {}
+    if isinstance(item, dict):
+        return (), item
+    raise TypeError(
+        f"{where} must give a tuple of positional arguments or a dict of keyword arguments "
+        f"for each call, got {type(item).__name__}: {item!r:.80}. Wrap a single argument "
+        "as (value,)."
+    )
+
+
+def _load_task(module: str, qualname: str) -> Any:
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+class Task(Generic[R]):
+    """A function registered with an app; calling it returns an `Invocation` at once."""
+
+    def __init__(self, app: Pynenc, func: Callable[..., Any], options: dict[str, Any]) -> None:
+        self.app = app
+        self.func = func
+        self.name = f"{func.__module__}.{func.__qualname__}"
+        self.options = options
+        self.is_async = inspect.iscoroutinefunction(func)
+        functools.update_wrapper(self, func)
+        check_options(self.name, options)
+        if "<locals>" in func.__qualname__:
+            logger.warning(
+                "task %s is defined inside a function: only runners in this process can find "
+                "it; define it at module level to run it on worker processes",
+                self.name,
+            )
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled by reference, like a function: the receiving process imports it.
+        return _load_task, (self.func.__module__, self.func.__qualname__)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Invocation[R]:
+        return self.app.invoke(self, [(args, kwargs)], awaited=False)[0]
+
+    def parallelize(self, param_iter: Iterable[Any]) -> InvocationGroup[R]:
+        """Submit one invocation per item, all in one atomic write.
+
+        Args:
+            param_iter: tuples of positional arguments or dicts of keyword arguments.
+
+        Returns:
+            the group, whose `.results` come in input order.
+        """
+        calls = [to_call(item, f"parallelize() of {self.name}") for item in param_iter]
+        return InvocationGroup(self.app.invoke(self, calls, awaited=False))
+
+
+class DirectTask(Task[R]):
+    """A task called like the plain function: it blocks and returns the value.
+
+    With `parallel_func`, one call fans out: `parallel_func(arguments_by_name)` gives the
+    arguments of each part, the parts run as invocations of this same function, and
+    `aggregate_func(results_in_input_order)` gives the value returned to the caller.
+    An `async def` function gives an awaitable wrapper that does not block the event loop.
+    """
+
+    def __init__(
+        self,
+        app: Pynenc,
+        func: Callable[..., Any],
+        options: dict[str, Any],
+        parallel_func: Optional[Callable[[dict[str, Any]], Iterable[Any]]] = None,
+        aggregate_func: Optional[Callable[[list[Any]], Any]] = None,
+    ) -> None:
+        super().__init__(app, func, options)
+        if parallel_func is not None and aggregate_func is None:
+            raise ValueError(
+                f"direct_task {self.name}: parallel_func needs an aggregate_func to combine "
+                "the parts' results (it receives them as a list in input order)"
+            )
+        if aggregate_func is not None and parallel_func is None:
+            raise ValueError(
+                f"direct_task {self.name}: aggregate_func is only used with parallel_func"
+            )
+        self.parallel_func = parallel_func
+        self.aggregate_func = aggregate_func
+        self._signature = inspect.signature(func)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        if self.is_async:
+            return self._call_async(args, kwargs)
+        invocations = self.app.invoke(self, self._calls(args, kwargs), awaited=True)
+        timeout = self.app.conf.result_timeout_seconds
+        if self.parallel_func is None:
+            return invocations[0].get_result(timeout)
+        assert self.aggregate_func is not None
+        return self.aggregate_func(InvocationGroup(invocations).get_results(timeout))
+
+    async def _call_async(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        invocations = self.app.invoke(self, self._calls(args, kwargs), awaited=True)
+        timeout = self.app.conf.result_timeout_seconds
+        if self.parallel_func is None:
+            return await invocations[0].async_result(timeout)
+        assert self.aggregate_func is not None
+        results = await asyncio.gather(*(i.async_result(timeout) for i in invocations))
+        return self.aggregate_func(list(results))
+
+    def _calls(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Call]:
+        if self.parallel_func is None:
+            return [(args, kwargs)]
+        try:
+            bound = self._signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"{self.name}{self._signature}: {exc}") from None
+        bound.apply_defaults()
+        where = f"parallel_func of {self.name}"
+        return [to_call(item, where) for item in self.parallel_func(dict(bound.arguments))]

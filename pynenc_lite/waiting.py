@@ -1,0 +1,186 @@
+"""How a process waits: for a result to arrive, or for work to appear — without polling slowly.
+
+    in this process                               other processes
+    ───────────────                               ───────────────
+    caller ── submit ──► notify_work() ─┐          commits to the database
+                                        ▼                 │
+    runner dispatcher ◄── wait_for_work(epoch)            │
+                                                          ▼
+    runner thread ── complete ──► resolve(outcome)   watcher thread: backend.wait_for_change()
+                                        │                 │  (SQLite: PRAGMA data_version,
+                                        ▼                 │   fast after activity, backing off)
+    caller ◄── Future[Outcome] ◄────────┴─────────────────┘  then get_finished_since(seq)
+
+Hand-offs inside one process are direct (`threading.Condition` and
+`concurrent.futures.Future`): microseconds, no sleeping. Changes made by other processes are
+noticed by one watcher thread per hub, which runs only while somebody waits. It asks the
+backend what finished since the last outcome sequence number it saw, so each check costs one
+indexed query whatever the number of waiters.
+
+This module does not decide what a result means (see `invocation`) nor run tasks (`runner`).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import threading
+import time
+from typing import Optional
+
+from pynenc_lite.backend.base import Backend, Outcome
+
+logger = logging.getLogger(__name__)
+
+
+class Hub:
+    """The meeting point of callers, runners and the watcher for one backend in one process."""
+
+    def __init__(self, backend: Backend, *, watch_timeout_seconds: float = 1.0) -> None:
+        self._backend = backend
+        self._watch_timeout_seconds = watch_timeout_seconds
+        # Guards _futures, _work_epoch, _work_waiters, _seq, _watcher and _closed. Notified
+        # when work may have appeared (epoch bumped), when somebody starts waiting (so the
+        # watcher wakes up), and on close.
+        self._cond = threading.Condition()
+        self._futures: dict[str, concurrent.futures.Future[Outcome]] = {}
+        self._work_epoch = 0
+        self._work_waiters = 0
+        self._seq: Optional[int] = None  # newest outcome sequence number the watcher saw
+        self._watcher: Optional[threading.Thread] = None
+        self._closed = False
+
+    # -- results ----------------------------------------------------------------------------
+
+    def future_for(
+        self, invocation_id: str, *, check_stored: bool = True
+    ) -> concurrent.futures.Future[Outcome]:
+        """The future that receives `invocation_id`'s outcome (shared by all its waiters).
+
+        Register it *before* submitting to skip the stored check (`check_stored=False`);
+        registering afterwards needs the check, since the outcome may already be stored.
+        """
+        self._ensure_seq()
+        with self._cond:
+            future = self._futures.get(invocation_id)
+            if future is None:
+                future = self._futures[invocation_id] = concurrent.futures.Future()
+                self._ensure_watcher()
+                self._cond.notify_all()
+        if check_stored:
+            for outcome in self._backend.get_outcomes([invocation_id]):
+                self.resolve(outcome)
+        return future
+
+    def resolve(self, outcome: Outcome) -> None:
+        """Hand a final outcome to whoever waits for it (called once the outcome is stored)."""
+        with self._cond:
+            future = self._futures.pop(outcome.invocation_id, None)
+        if future is not None:
+            future.set_result(outcome)
+
+    def forget(self, invocation_id: str) -> None:
+        """Stop watching for an invocation nobody waits for any more."""
+        with self._cond:
+            self._futures.pop(invocation_id, None)
+
+    # -- work -------------------------------------------------------------------------------
+
+    @property
+    def work_epoch(self) -> int:
+        """A number that changes whenever work may have appeared. Read it before looking for
+        work, and pass it to `wait_for_work`, so a submission in between is never missed."""
+        return self._work_epoch
+
+    def notify_work(self) -> None:
+        """Say that work may have appeared (a submission in this process, or a stop)."""
+        with self._cond:
+            self._work_epoch += 1
+            self._cond.notify_all()
+
+    def wait_for_work(self, epoch: int, timeout: float) -> bool:
+        """Block until the work epoch differs from `epoch`, or `timeout` seconds pass.
+
+        Returns True when woken by a change, False on timeout.
+        """
+        self._ensure_seq()
+        with self._cond:
+            self._work_waiters += 1
+            self._ensure_watcher()
+            self._cond.notify_all()
+            try:
+                return self._cond.wait_for(
+                    lambda: self._work_epoch != epoch or self._closed, timeout
+                )
+            finally:
+                self._work_waiters -= 1
+
+    # -- the watcher ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the watcher; futures still pending are left unresolved."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def _ensure_seq(self) -> None:
+        # The starting point must be read before the first future is registered, so that no
+        # outcome stored after that registration can have a smaller number.
+        if self._seq is None:
+            seq, _ = self._backend.get_finished_since(-1)
+            with self._cond:
+                if self._seq is None:
+                    self._seq = seq
+
+    def _ensure_watcher(self) -> None:
+        if self._watcher is None and not self._closed:  # caller holds self._cond
+            self._watcher = threading.Thread(
+                target=self._watch, name="pynenc-lite-watcher", daemon=True
+            )
+            self._watcher.start()
+
+    def _has_waiters(self) -> bool:
+        return bool(self._futures) or self._work_waiters > 0 or self._closed
+
+    def _watch(self) -> None:
+        token: Optional[int] = None
+        failures = 0
+        while True:
+            with self._cond:
+                self._cond.wait_for(self._has_waiters)
+                if self._closed:
+                    return
+            try:
+                if token is None:
+                    token = self._backend.wait_for_change(None, 0)
+                new_token = self._backend.wait_for_change(token, self._watch_timeout_seconds)
+                failures = 0
+            except Exception:
+                failures += 1
+                logger.exception("watching %r for changes failed (%d in a row)", self._backend, failures)
+                time.sleep(min(0.05 * failures, 2.0))
+                continue
+            if new_token == token:
+                continue
+            token = new_token
+            self.notify_work()
+            try:
+                self._collect_finished()
+            except Exception:
+                logger.exception("reading finished invocations from %r failed", self._backend)
+
+    def _collect_finished(self) -> None:
+        with self._cond:
+            if not self._futures:
+                # Nobody waits: skip ahead. Read under the lock so that no future can be
+                # registered between the emptiness check and the new starting point.
+                self._seq, _ = self._backend.get_finished_since(-1)
+                return
+            seq = self._seq if self._seq is not None else -1
+        new_seq, finished = self._backend.get_finished_since(seq)
+        with self._cond:
+            self._seq = new_seq
+            wanted = [i for i in finished if i in self._futures]
+        if wanted:
+            for outcome in self._backend.get_outcomes(wanted):
+                self.resolve(outcome)
