@@ -1,12 +1,13 @@
 """The invocation status model, kept as data in one place.
 
-    REGISTERED ──claim──► PENDING ──start──► RUNNING ──complete──► SUCCESS | FAILED
-        ▲   ▲                │                  │
-        │   └──hand back─────┴──────────────────┤   (graceful shutdown returns claimed work)
-        │                                       │
-        └────────── lease expired: claimed again by another worker (PENDING)
+    REGISTERED ──claim──► RUNNING ──complete──► SUCCESS | FAILED
+        ▲                    │  ▲
+        └──── hand back ─────┘  └── lease expired: claimed again by another worker
     RETRY ──(its time comes)──► claimed like REGISTERED
     any non-final status ──cancel──► CANCELLED
+
+A claim starts the invocation in the same step: runners claim only as many invocations as
+they have idle threads, so there is no "claimed but waiting" state worth a transaction.
 
 Backends enforce these transitions with conditional updates (`... WHERE status IN (...)`)
 built from `sources_of()`, so the rules cannot drift between backends. This module holds no
@@ -22,8 +23,7 @@ class InvocationStatus(str, enum.Enum):
     """Where an invocation is in its life. The value is what the database stores."""
 
     REGISTERED = "REGISTERED"  # accepted and waiting for a worker
-    PENDING = "PENDING"  # claimed by a worker (holds a lease), not started yet
-    RUNNING = "RUNNING"  # the function is executing on a worker (lease kept by heartbeats)
+    RUNNING = "RUNNING"  # claimed by a worker and running there (lease kept by heartbeats)
     RETRY = "RETRY"  # failed, waiting for its retry time before it can be claimed again
     SUCCESS = "SUCCESS"  # finished and returned a value
     FAILED = "FAILED"  # finished by raising, or could not be run at all
@@ -45,16 +45,15 @@ FINAL_STATUSES = frozenset({S.SUCCESS, S.FAILED, S.CANCELLED})
 CLAIMABLE_STATUSES = frozenset({S.REGISTERED, S.RETRY})
 
 # Statuses that hold a lease: a worker owns them until it finishes or the lease expires.
-LEASED_STATUSES = frozenset({S.PENDING, S.RUNNING})
+LEASED_STATUSES = frozenset({S.RUNNING})
 
 # target status -> statuses it may be entered from. The single source of truth.
 ALLOWED_TRANSITIONS: dict[InvocationStatus, frozenset[InvocationStatus]] = {
     S.REGISTERED: LEASED_STATUSES,  # hand back on shutdown
-    S.PENDING: CLAIMABLE_STATUSES | LEASED_STATUSES,  # claim; re-claim after lease expiry
-    S.RUNNING: frozenset({S.PENDING}),
-    S.RETRY: frozenset({S.RUNNING}),
-    S.SUCCESS: frozenset({S.RUNNING}),
-    S.FAILED: frozenset({S.PENDING, S.RUNNING}),  # PENDING: lost too often, or unloadable
+    S.RUNNING: CLAIMABLE_STATUSES | LEASED_STATUSES,  # claim; re-claim after lease expiry
+    S.RETRY: LEASED_STATUSES,
+    S.SUCCESS: LEASED_STATUSES,
+    S.FAILED: LEASED_STATUSES,  # raised, could not be run, or its worker was lost too often
     S.CANCELLED: CLAIMABLE_STATUSES | LEASED_STATUSES,
 }
 

@@ -4,9 +4,9 @@
     ───────────────                               ───────────────
     caller ── submit ──► notify_work() ─┐          commits to the database
                                         ▼                 │
-    runner dispatcher ◄── wait_for_work(epoch)            │
+    runner dispatcher ◄── work listener / wait_for_work   │
                                                           ▼
-    runner thread ── complete ──► resolve(outcome)   watcher thread: backend.wait_for_change()
+    runner ── complete ──► resolve(outcome)          watcher thread: backend.wait_for_change()
                                         │                 │  (SQLite: PRAGMA data_version,
                                         ▼                 │   fast after activity, backing off)
     caller ◄── Future[Outcome] ◄────────┴─────────────────┘  then get_finished_since(seq)
@@ -26,7 +26,7 @@ import concurrent.futures
 import logging
 import threading
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 from pynenc_lite.backend.base import Backend, Outcome
 
@@ -39,11 +39,13 @@ class Hub:
     def __init__(self, backend: Backend, *, watch_timeout_seconds: float = 1.0) -> None:
         self._backend = backend
         self._watch_timeout_seconds = watch_timeout_seconds
-        # Guards _futures, _work_epoch, _work_waiters, _seq, _watcher and _closed. Notified
+        # Guards _futures, _work_listeners, _work_epoch, _work_waiters, _seq, _watcher and
+        # _closed. Notified
         # when work may have appeared (epoch bumped), when somebody starts waiting (so the
         # watcher wakes up), and on close.
         self._cond = threading.Condition()
         self._futures: dict[str, concurrent.futures.Future[Outcome]] = {}
+        self._work_listeners: list[Callable[[], None]] = []
         self._work_epoch = 0
         self._work_waiters = 0
         self._seq: Optional[int] = None  # newest outcome sequence number the watcher saw
@@ -97,6 +99,27 @@ class Hub:
         with self._cond:
             self._work_epoch += 1
             self._cond.notify_all()
+            listeners = list(self._work_listeners)
+        for listener in listeners:
+            listener()
+
+    def add_work_listener(self, listener: Callable[[], None]) -> None:
+        """Call `listener()` (quickly, without blocking) whenever work may have appeared.
+
+        While a listener is registered the watcher keeps looking for changes made by other
+        processes, so a runner hears about their submissions too.
+        """
+        self._ensure_seq()
+        with self._cond:
+            self._work_listeners.append(listener)
+            self._ensure_watcher()
+            self._cond.notify_all()
+
+    def remove_work_listener(self, listener: Callable[[], None]) -> None:
+        """Stop calling `listener` (no error when it was not registered)."""
+        with self._cond:
+            if listener in self._work_listeners:
+                self._work_listeners.remove(listener)
 
     def wait_for_work(self, epoch: int, timeout: float) -> bool:
         """Block until the work epoch differs from `epoch`, or `timeout` seconds pass.
@@ -140,7 +163,12 @@ class Hub:
             self._watcher.start()
 
     def _has_waiters(self) -> bool:
-        return bool(self._futures) or self._work_waiters > 0 or self._closed
+        return (
+            bool(self._futures)
+            or bool(self._work_listeners)
+            or self._work_waiters > 0
+            or self._closed
+        )
 
     def _watch(self) -> None:
         token: Optional[int] = None

@@ -40,6 +40,7 @@ class ClaimedInvocation:
     invocation_id: str
     task_name: str
     args: bytes
+    attempt: int  # 1 on the first run; counts every start, including after a lost worker
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +67,7 @@ class InvocationRecord:
     app_id: str
     task_name: str
     status: InvocationStatus
-    attempts: int  # how many times it was started
+    attempts: int  # how many times it was claimed (started)
     lost_attempts: int  # how many times its worker vanished while holding it
     owner: Optional[str]
     lease_expires_at: Optional[float]
@@ -131,27 +132,26 @@ class Backend(abc.ABC):
         lease_seconds: float,
         max_lost_attempts: int,
     ) -> list[ClaimedInvocation]:
-        """Lease up to `limit` runnable invocations of `app_id` to `worker_id` (-> PENDING).
+        """Lease up to `limit` runnable invocations of `app_id` to `worker_id` and mark them
+        RUNNING (a claim is a start: runners claim only for idle threads).
 
-        Runnable: REGISTERED or RETRY whose `run_at <= now`, or PENDING/RUNNING whose lease
-        expired (their worker vanished). An expired one that was already lost
-        `max_lost_attempts` times is FAILED instead of being handed out again. Nothing is
-        ever deleted by a claim.
+        Runnable: REGISTERED or RETRY whose `run_at <= now`, or RUNNING whose lease expired
+        (its worker vanished). An expired one that was already lost `max_lost_attempts`
+        times is FAILED instead of being handed out again. Nothing is ever deleted by a claim.
         """
 
     @abc.abstractmethod
-    def start(self, invocation_id: str, worker_id: str, now: float) -> Optional[int]:
-        """PENDING -> RUNNING if `worker_id` still holds the claim; returns the attempt number
-        (1 for the first run), or None when the claim was lost or the invocation cancelled."""
+    def complete_many(self, outcomes: Sequence[Outcome], worker_id: str, now: float) -> list[bool]:
+        """Record final outcomes, in one atomic unit, for those `worker_id` still holds.
 
-    @abc.abstractmethod
+        Returns one flag per outcome: False where the claim was lost meanwhile (its lease
+        expired and the invocation was taken over); such a late outcome changes nothing, so
+        every invocation has exactly one outcome.
+        """
+
     def complete(self, outcome: Outcome, worker_id: str, now: float) -> bool:
-        """Record a final outcome if `worker_id` still holds the claim.
-
-        Returns False (and changes nothing) when the claim was lost meanwhile: a late
-        completion from a worker whose lease expired is ignored, so there is exactly one
-        outcome.
-        """
+        """`complete_many` for one outcome."""
+        return self.complete_many([outcome], worker_id, now)[0]
 
     @abc.abstractmethod
     def release(self, worker_id: str) -> int:

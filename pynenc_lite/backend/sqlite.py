@@ -64,7 +64,7 @@ CREATE TABLE IF NOT EXISTS invocations (
     args BLOB NOT NULL,
     status TEXT NOT NULL,
     owner TEXT,                         -- worker holding the claim
-    lease_expires_at REAL,              -- set exactly while PENDING or RUNNING
+    lease_expires_at REAL,              -- set exactly while RUNNING
     run_at REAL NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
     lost_attempts INTEGER NOT NULL DEFAULT 0,
@@ -78,8 +78,7 @@ CREATE TABLE IF NOT EXISTS invocations (
 );
 CREATE INDEX IF NOT EXISTS ix_invocations_ready ON invocations (app_id, status, run_at);
 CREATE INDEX IF NOT EXISTS ix_invocations_lease
-    ON invocations (lease_expires_at) WHERE lease_expires_at IS NOT NULL;
-CREATE INDEX IF NOT EXISTS ix_invocations_owner ON invocations (owner) WHERE owner IS NOT NULL;
+    ON invocations (app_id, lease_expires_at) WHERE lease_expires_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS ix_invocations_outcome
     ON invocations (outcome_seq) WHERE outcome_seq IS NOT NULL;
 CREATE TABLE IF NOT EXISTS workers (
@@ -100,6 +99,9 @@ _MAX_PARAMS = 900
 
 _CLAIMABLE = tuple(sorted(s.value for s in CLAIMABLE_STATUSES))
 _LEASED = tuple(sorted(s.value for s in LEASED_STATUSES))
+# Statuses each transition may start from, as SQL parameters (from status.py, the one place
+# that defines the model).
+_FROM = {status: sources_of(status) for status in InvocationStatus}
 
 
 def _marks(n: int) -> str:
@@ -324,8 +326,8 @@ class SQLiteBackend(Backend):
         rows = self._read(
             "SELECT EXISTS (SELECT 1 FROM invocations WHERE app_id = ? AND status IN "
             f"({_marks(len(_CLAIMABLE))}) AND run_at <= ?) OR EXISTS (SELECT 1 FROM "
-            "invocations WHERE lease_expires_at < ? AND app_id = ?)",
-            (app_id, *_CLAIMABLE, now, now, app_id),
+            "invocations WHERE app_id = ? AND lease_expires_at < ?)",
+            (app_id, *_CLAIMABLE, now, app_id, now),
         )
         return bool(rows[0][0])
 
@@ -345,19 +347,24 @@ class SQLiteBackend(Backend):
         def body(c: sqlite3.Connection) -> list[ClaimedInvocation]:
             expired = c.execute(
                 "SELECT seq, lost_attempts FROM invocations "
-                "WHERE lease_expires_at < ? AND app_id = ? LIMIT ?",
-                (now, app_id, limit),
+                "WHERE app_id = ? AND lease_expires_at < ? LIMIT ?",
+                (app_id, now, limit),
             ).fetchall()
             lost_for_good = [seq for seq, lost in expired if lost + 1 >= max_lost_attempts]
             if lost_for_good:
                 self._fail_lost(c, lost_for_good, max_lost_attempts, now)
             recovered = [seq for seq, lost in expired if lost + 1 < max_lost_attempts]
-            fresh = c.execute(
-                "SELECT seq FROM invocations WHERE app_id = ? AND status IN "
-                f"({_marks(len(_CLAIMABLE))}) AND run_at <= ? ORDER BY run_at, seq LIMIT ?",
-                (app_id, *_CLAIMABLE, now, limit - len(recovered)),
-            ).fetchall()
-            seqs = recovered + [row[0] for row in fresh]
+            # One indexed query per status: an IN list with ORDER BY would sort every
+            # waiting row on each claim.
+            fresh: list[tuple[float, int]] = []
+            for status in _CLAIMABLE:
+                fresh += c.execute(
+                    "SELECT run_at, seq FROM invocations WHERE app_id = ? AND status = ? "
+                    "AND run_at <= ? ORDER BY run_at LIMIT ?",
+                    (app_id, status, now, limit - len(recovered)),
+                ).fetchall()
+            fresh.sort()
+            seqs = recovered + [seq for _, seq in fresh[: limit - len(recovered)]]
             if not seqs:
                 return []
             if recovered:
@@ -372,13 +379,13 @@ class SQLiteBackend(Backend):
                     recovered,
                 )
             c.execute(
-                "UPDATE invocations SET status = 'PENDING', owner = ?, lease_expires_at = ? "
-                f"WHERE seq IN ({_marks(len(seqs))})",
-                (worker_id, now + lease_seconds, *seqs),
+                "UPDATE invocations SET status = 'RUNNING', owner = ?, lease_expires_at = ?, "
+                f"attempts = attempts + 1, started_at = ? WHERE seq IN ({_marks(len(seqs))})",
+                (worker_id, now + lease_seconds, now, *seqs),
             )
             rows = c.execute(
-                f"SELECT id, task_name, args FROM invocations WHERE seq IN ({_marks(len(seqs))}) "
-                "ORDER BY run_at, seq",
+                "SELECT id, task_name, args, attempts FROM invocations "
+                f"WHERE seq IN ({_marks(len(seqs))}) ORDER BY run_at, seq",
                 seqs,
             ).fetchall()
             return [ClaimedInvocation(*row) for row in rows]
@@ -394,79 +401,75 @@ class SQLiteBackend(Backend):
             "tried again. If the task itself ends its process (os._exit, a crash in C code, "
             "running out of memory), fix that; raise max_lost_attempts to allow more tries."
         )
-        for seq in seqs:
-            c.execute(
-                "UPDATE invocations SET status = 'FAILED', owner = NULL, lease_expires_at = "
-                "NULL, lost_attempts = lost_attempts + 1, finished_at = ?, error = ?, "
-                "result = NULL, outcome_seq = ? WHERE seq = ?",
-                (now, error, self._next_outcome_seq(c), seq),
-            )
+        first = self._take_outcome_seqs(c, len(seqs))
+        c.executemany(
+            "UPDATE invocations SET status = 'FAILED', owner = NULL, lease_expires_at = NULL, "
+            "lost_attempts = lost_attempts + 1, finished_at = ?, error = ?, result = NULL, "
+            "outcome_seq = ? WHERE seq = ?",
+            [(now, error, first + i, seq) for i, seq in enumerate(seqs)],
+        )
         logger.error("%d invocation(s) failed: %s", len(seqs), error)
 
     @staticmethod
-    def _next_outcome_seq(c: sqlite3.Connection) -> int:
-        c.execute("UPDATE counters SET value = value + 1 WHERE name = 'outcome'")
-        return int(c.execute("SELECT value FROM counters WHERE name = 'outcome'").fetchone()[0])
+    def _take_outcome_seqs(c: sqlite3.Connection, count: int) -> int:
+        """Reserve `count` outcome sequence numbers; returns the first."""
+        c.execute("UPDATE counters SET value = value + ? WHERE name = 'outcome'", (count,))
+        last = int(c.execute("SELECT value FROM counters WHERE name = 'outcome'").fetchone()[0])
+        return last - count + 1
 
-    def start(self, invocation_id: str, worker_id: str, now: float) -> Optional[int]:
-        sources = sources_of(InvocationStatus.RUNNING)
+    def complete_many(self, outcomes: Sequence[Outcome], worker_id: str, now: float) -> list[bool]:
+        for outcome in outcomes:
+            if not outcome.status.is_final():
+                raise ValueError(f"complete needs a final status, got {outcome.status}")
 
-        def body(c: sqlite3.Connection) -> Optional[int]:
-            cur = c.execute(
-                "UPDATE invocations SET status = 'RUNNING', attempts = attempts + 1, "
-                f"started_at = ? WHERE id = ? AND owner = ? AND status IN ({_marks(len(sources))})",
-                (now, invocation_id, worker_id, *sources),
-            )
-            if cur.rowcount == 0:
-                return None
-            row = c.execute("SELECT attempts FROM invocations WHERE id = ?", (invocation_id,))
-            return int(row.fetchone()[0])
+        def body(c: sqlite3.Connection) -> list[bool]:
+            # A refused outcome leaves a gap in the sequence; watchers do not mind gaps.
+            first = self._take_outcome_seqs(c, len(outcomes))
+            accepted = []
+            for i, outcome in enumerate(outcomes):
+                sources = _FROM[outcome.status]
+                cur = c.execute(
+                    "UPDATE invocations SET status = ?, owner = NULL, lease_expires_at = NULL, "
+                    "result = ?, error = ?, traceback = ?, finished_at = ?, outcome_seq = ? "
+                    f"WHERE id = ? AND owner = ? AND status IN ({_marks(len(sources))})",
+                    (
+                        outcome.status.value,
+                        outcome.payload,
+                        outcome.error,
+                        outcome.traceback,
+                        now,
+                        first + i,
+                        outcome.invocation_id,
+                        worker_id,
+                        *sources,
+                    ),
+                )
+                accepted.append(cur.rowcount > 0)
+            return accepted
 
-        return self._write_txn(body)
-
-    def complete(self, outcome: Outcome, worker_id: str, now: float) -> bool:
-        if not outcome.status.is_final():
-            raise ValueError(f"complete() needs a final status, got {outcome.status}")
-        sources = sources_of(outcome.status)
-
-        def body(c: sqlite3.Connection) -> bool:
-            # A refused completion leaves a gap in the sequence; watchers do not mind gaps.
-            cur = c.execute(
-                "UPDATE invocations SET status = ?, owner = NULL, lease_expires_at = NULL, "
-                "result = ?, error = ?, traceback = ?, finished_at = ?, outcome_seq = ? "
-                f"WHERE id = ? AND owner = ? AND status IN ({_marks(len(sources))})",
-                (
-                    outcome.status.value,
-                    outcome.payload,
-                    outcome.error,
-                    outcome.traceback,
-                    now,
-                    self._next_outcome_seq(c),
+        if not outcomes:
+            return []
+        flags = self._write_txn(body)
+        for outcome, ok in zip(outcomes, flags):
+            if not ok:
+                logger.warning(
+                    "ignored a late %s outcome for invocation %s from worker %s: it no longer "
+                    "holds the claim (its lease expired and the invocation was taken over)",
+                    outcome.status,
                     outcome.invocation_id,
                     worker_id,
-                    *sources,
-                ),
-            )
-            return cur.rowcount > 0
-
-        accepted = self._write_txn(body)
-        if not accepted:
-            logger.warning(
-                "ignored a late %s outcome for invocation %s from worker %s: it no longer "
-                "holds the claim (its lease expired and the invocation was taken over)",
-                outcome.status,
-                outcome.invocation_id,
-                worker_id,
-            )
-        return accepted
+                )
+        return flags
 
     def release(self, worker_id: str) -> int:
-        sources = sources_of(InvocationStatus.REGISTERED)
+        sources = _FROM[InvocationStatus.REGISTERED]
 
         def body(c: sqlite3.Connection) -> int:
+            # `lease_expires_at IS NOT NULL` lets SQLite use the small partial lease index.
             cur = c.execute(
-                "UPDATE invocations SET status = 'REGISTERED', owner = NULL, "
-                f"lease_expires_at = NULL WHERE owner = ? AND status IN ({_marks(len(sources))})",
+                "UPDATE invocations SET status = 'REGISTERED', owner = NULL, lease_expires_at "
+                "= NULL WHERE lease_expires_at IS NOT NULL AND owner = ? AND status IN "
+                f"({_marks(len(sources))})",
                 (worker_id, *sources),
             )
             return int(cur.rowcount)
@@ -490,9 +493,9 @@ class SQLiteBackend(Backend):
                 ),
             )
             cur = c.execute(
-                "UPDATE invocations SET lease_expires_at = ? WHERE owner = ? AND "
-                f"status IN ({_marks(len(_LEASED))})",
-                (now + lease_seconds, worker.worker_id, *_LEASED),
+                "UPDATE invocations SET lease_expires_at = ? WHERE app_id = ? AND "
+                f"lease_expires_at IS NOT NULL AND owner = ? AND status IN ({_marks(len(_LEASED))})",
+                (now + lease_seconds, worker.app_id, worker.worker_id, *_LEASED),
             )
             return int(cur.rowcount)
 

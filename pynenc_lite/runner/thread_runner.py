@@ -1,23 +1,24 @@
 """The thread runner: claims this app's invocations and runs them on a pool of threads.
 
-    dispatcher thread                 worker threads (max_threads)       heartbeat thread
-    ─────────────────                 ─────────────────────────────       ────────────────
-    wait for an idle thread           take from the queue                 every interval:
-    claim up to that many ──queue──►  start (PENDING -> RUNNING)          extend our leases,
-    none? hub.wait_for_work()         run the function                    say we are alive
-                                      complete; resolve waiting caller
+    dispatcher thread (the runner's only writer)       worker threads (max_threads)
+    ────────────────────────────────────────────       ────────────────────────────
+    wait until: outcomes to store, or an idle thread
+      and a hint that work may be there
+    store every waiting outcome in ONE transaction  ◄── outcome ── run the function
+      and hand each to its waiting caller (hub)
+    claim up to <idle threads> in ONE transaction   ──  queue  ──► take the next claim
+                                                      heartbeat thread: every interval,
+                                                      extend our leases, say we are alive
 
-`run()` blocks: it starts the threads above and waits for `stop_runner_loop()` (or, on the
-main thread, SIGINT/SIGTERM). Stopping is graceful: no new claims, running tasks get
-`shutdown_grace_seconds` to finish, then whatever this runner still holds is handed back
-to the queue at once. A second signal skips the grace period.
+The dispatcher batches: under load, one commit stores many outcomes and one claim takes work
+for every idle thread, so storage costs are shared instead of paid per task. When idle it
+costs nothing: hints arrive by notification (a submission in this process, or the hub's
+watcher seeing another process commit), plus one look per second for expired leases.
 
-Work reaches an idle thread and a result reaches a caller in this process by notification
-(see `waiting`); changes from other processes are noticed by the hub's watcher. An idle
-runner sleeps in `hub.wait_for_work`, waking once a second to look for expired leases.
-
-The runner does not decide what an invocation's outcome means: `execution.run_claimed`
-packages it; the backend stores it only if this runner still holds the claim.
+`run()` blocks until `stop_runner_loop()` (or, on the main thread, SIGINT/SIGTERM). Stopping
+is graceful: no new claims; running tasks get `shutdown_grace_seconds` to finish and their
+outcomes are stored; whatever is still running then is handed back to the queue at once.
+A second signal ends the grace period early.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import types
 import uuid
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from pynenc_lite.backend.base import ClaimedInvocation, WorkerInfo
+from pynenc_lite.backend.base import ClaimedInvocation, Outcome, WorkerInfo
 from pynenc_lite.runner.execution import run_claimed
 
 if TYPE_CHECKING:
@@ -75,14 +76,16 @@ class ThreadRunner:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
         self.clock = clock
         self.worker_id = ""
-        # Guards _idle, _active, _stopping and _force; notified when a worker thread
-        # finishes an invocation and when a stop is asked for.
+        # Guards every field below up to _force. Notified when an outcome is ready, when
+        # work may have appeared, and when a stop is asked for.
         self._cond = threading.Condition()
+        self._outcomes: list[Outcome] = []
         self._idle = 0
         self._active = 0
+        self._work_hint = True  # work may be waiting: worth a claim when a thread is idle
         self._stopping = False
         self._force = False
-        self._signals = 0  # set from signal handlers only; read by the main thread
+        self._signals = 0  # set from signal handlers only; read by the supervising thread
         self._queue: queue.SimpleQueue[Optional[ClaimedInvocation]] = queue.SimpleQueue()
         self._ready = threading.Event()
         self._done = threading.Event()
@@ -113,8 +116,9 @@ class ThreadRunner:
         self._done.clear()
         self._ready.clear()
         with self._cond:
-            self._stopping = self._force = False
+            self._outcomes = []
             self._idle, self._active = self.threads, 0
+            self._work_hint, self._stopping, self._force = True, False, False
         self._signals = 0
         self.worker_id = new_worker_id()
         on_main = threading.current_thread() is threading.main_thread()
@@ -131,8 +135,6 @@ class ThreadRunner:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        if self.app._hub is not None:
-            self.app.hub.notify_work()
 
     def wait_until_stopped(self, timeout: Optional[float] = None) -> bool:
         """Wait for `run()` to return. Returns False if `timeout` seconds passed first."""
@@ -158,12 +160,12 @@ class ThreadRunner:
     # -- the loop ---------------------------------------------------------------------------
 
     def _run(self, burst: bool, on_main: bool) -> None:
-        app, c = self.app, self.app.conf
+        app = self.app
         backend, hub = app.backend, app.hub
         info = WorkerInfo(
             self.worker_id, app.app_id, socket.gethostname(), os.getpid(), self.threads, self.clock()
         )
-        backend.heartbeat(info, self.clock(), c.lease_seconds)
+        backend.heartbeat(info, self.clock(), app.conf.lease_seconds)
         workers = [
             threading.Thread(target=self._work, name=f"pynenc-lite-worker-{i}", daemon=True)
             for i in range(self.threads)
@@ -174,6 +176,7 @@ class ThreadRunner:
         dispatcher = threading.Thread(
             target=self._dispatch, args=(burst,), name="pynenc-lite-dispatcher", daemon=True
         )
+        hub.add_work_listener(self._hint_work)
         for thread in (*workers, heartbeat, dispatcher):
             thread.start()
         logger.info(
@@ -185,78 +188,100 @@ class ThreadRunner:
         )
         self._ready.set()
         try:
-            # The calling thread only supervises, so a signal handler never has to take a
-            # lock the dispatcher might hold.
+            # This thread only supervises, so a signal handler never interrupts code that
+            # holds a lock: it sets a flag, read here.
             while dispatcher.is_alive():
                 dispatcher.join(SIGNAL_CHECK_SECONDS if on_main else None)
                 if self._signals:
                     self._on_signal()
         finally:
-            self._shutdown(workers, heartbeat)
+            hub.remove_work_listener(self._hint_work)
+            self._finish(workers)
+
+    def _hint_work(self) -> None:
+        with self._cond:
+            self._work_hint = True
+            self._cond.notify_all()
 
     def _dispatch(self, burst: bool) -> None:
-        app, c = self.app, self.app.conf
-        backend, hub = app.backend, app.hub
+        c = self.app.conf
+        deadline: Optional[float] = None  # end of the grace period, once stopping
         while True:
             with self._cond:
-                while self._idle == 0 and not self._stopping:
-                    self._cond.wait()
-                if self._stopping:
-                    return
-                free = self._idle
-            epoch = hub.work_epoch
-            try:
-                claimed = backend.claim(
-                    app_id=app.app_id,
-                    worker_id=self.worker_id,
-                    limit=free,
-                    now=self.clock(),
-                    lease_seconds=c.lease_seconds,
-                    max_lost_attempts=c.max_lost_attempts,
-                )
-            except Exception:
-                logger.exception("claiming work failed; trying again shortly")
-                hub.wait_for_work(epoch, IDLE_CHECK_SECONDS)
-                continue
-            if claimed:
-                with self._cond:
-                    self._idle -= len(claimed)
-                    self._active += len(claimed)
-                for item in claimed:
-                    self._queue.put(item)
-                continue
-            if burst:
-                with self._cond:
-                    if self._active == 0:
+                while True:
+                    if self._outcomes:
+                        break
+                    if self._stopping:
+                        if deadline is None:
+                            deadline = time.monotonic() + c.shutdown_grace_seconds
+                        if self._active == 0 or self._force or time.monotonic() >= deadline:
+                            return
+                        self._cond.wait(min(SIGNAL_CHECK_SECONDS, deadline - time.monotonic()))
+                        self._force = self._force or self._signals > 1
+                        continue
+                    if self._idle and self._work_hint:
+                        break
+                    if burst and self._active == 0:
                         return
-                    self._cond.wait(IDLE_CHECK_SECONDS)  # until a thread finishes
-                continue
-            hub.wait_for_work(epoch, IDLE_CHECK_SECONDS)
+                    if not self._cond.wait(IDLE_CHECK_SECONDS):
+                        self._work_hint = True  # look for expired leases and due retries
+                outcomes, self._outcomes = self._outcomes, []
+                want = 0 if self._stopping else self._idle
+                if want:
+                    self._work_hint = False  # a hint arriving from now on asks again
+            if outcomes:
+                self._store(outcomes)
+            if want:
+                claimed = self._claim(want)
+                if len(claimed) == want:
+                    self._hint_work()  # the claim was full: more may be waiting
+
+    def _store(self, outcomes: list[Outcome]) -> None:
+        try:
+            flags = self.app.backend.complete_many(outcomes, self.worker_id, self.clock())
+        except Exception:
+            # The claims stay leased until this worker stops heartbeating them or hands
+            # them back, then they run again: at-least-once, nothing lost.
+            logger.exception("storing %d outcome(s) failed", len(outcomes))
+            return
+        hub = self.app.hub
+        for outcome, accepted in zip(outcomes, flags):
+            if accepted:
+                hub.resolve(outcome)
+
+    def _claim(self, limit: int) -> list[ClaimedInvocation]:
+        c = self.app.conf
+        try:
+            claimed = self.app.backend.claim(
+                app_id=self.app.app_id,
+                worker_id=self.worker_id,
+                limit=limit,
+                now=self.clock(),
+                lease_seconds=c.lease_seconds,
+                max_lost_attempts=c.max_lost_attempts,
+            )
+        except Exception:
+            logger.exception("claiming work failed; trying again within %ss", IDLE_CHECK_SECONDS)
+            return []
+        if claimed:
+            with self._cond:
+                self._idle -= len(claimed)
+                self._active += len(claimed)
+            for item in claimed:
+                self._queue.put(item)
+        return claimed
 
     def _work(self) -> None:
-        app = self.app
-        backend, hub = app.backend, app.hub
         while True:
             item = self._queue.get()
             if item is None:
                 return
-            try:
-                attempt = backend.start(item.invocation_id, self.worker_id, self.clock())
-                if attempt is None:
-                    logger.debug("invocation %s is no longer ours; skipped", item.invocation_id)
-                else:
-                    outcome = run_claimed(app, item, attempt, self.worker_id)
-                    if backend.complete(outcome, self.worker_id, self.clock()):
-                        hub.resolve(outcome)
-            except Exception:
-                # Storage failed: the claim stays leased and is recovered when the lease
-                # expires, so nothing is lost.
-                logger.exception("storing the outcome of %s failed", item.invocation_id)
-            finally:
-                with self._cond:
-                    self._idle += 1
-                    self._active -= 1
-                    self._cond.notify_all()
+            outcome = run_claimed(self.app, item, item.attempt, self.worker_id)
+            with self._cond:
+                self._outcomes.append(outcome)
+                self._idle += 1
+                self._active -= 1
+                self._cond.notify_all()
 
     def _heartbeat(self, info: WorkerInfo) -> None:
         c = self.app.conf
@@ -271,46 +296,32 @@ class ThreadRunner:
 
     def _install_signal_handlers(self) -> dict[int, Any]:
         def handler(signum: int, frame: Optional[types.FrameType]) -> None:
-            self._signals += 1  # only a flag: the main thread acts on it
+            self._signals += 1  # only a flag: the supervising thread acts on it
 
         return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def _on_signal(self) -> None:
-        if self._signals == 1 and not self._stopping:
+        if not self._stopping:
             logger.info("signal received: finishing running tasks (again to stop at once)")
             self.stop_runner_loop()
-        elif self._signals > 1:
-            with self._cond:
-                self._force = True
-                self._cond.notify_all()
 
-    def _shutdown(self, workers: list[threading.Thread], heartbeat: threading.Thread) -> None:
+    def _finish(self, workers: list[threading.Thread]) -> None:
+        """After the dispatcher returned: hand back what is still running, end the threads."""
         self.stop_runner_loop()
-        app, c = self.app, self.app.conf
-        deadline = time.monotonic() + c.shutdown_grace_seconds
+        backend = self.app.backend
         with self._cond:
-            while self._active and not self._force:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                # Short waits, so a second signal (a flag read by this thread) is seen soon.
-                self._cond.wait(min(remaining, SIGNAL_CHECK_SECONDS))
-                if self._signals > 1:
-                    self._force = True
             unfinished = self._active
-        # Unstarted claims still queued are skipped by the threads (start() fails once
-        # the claims are handed back); the None markers end the threads.
         try:
-            handed_back = app.backend.release(self.worker_id)
-            app.backend.remove_worker(self.worker_id)
+            handed_back = backend.release(self.worker_id)
+            backend.remove_worker(self.worker_id)
         except Exception:
-            handed_back = -1
+            handed_back = 0
             logger.exception("handing back work failed; its leases will expire instead")
         for _ in workers:
             self._queue.put(None)
         logger.info(
-            "runner %s stopped (%d still running after the grace period, %s handed back)",
+            "runner %s stopped (%d task(s) still running were abandoned, %d handed back)",
             self.worker_id,
             unfinished,
-            handed_back if handed_back >= 0 else "none",
+            handed_back,
         )
