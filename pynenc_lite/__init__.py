@@ -22,7 +22,12 @@ from pynenc_lite.errors import (
     WorkerLostError,
 )
 from pynenc_lite.invocation import Invocation, InvocationGroup
-from pynenc_lite.runner import RunningInvocation, ThreadRunner, current_invocation
+from pynenc_lite.runner import (
+    ProcessRunner,
+    RunningInvocation,
+    ThreadRunner,
+    current_invocation,
+)
 from pynenc_lite.status import InvocationStatus
 from pynenc_lite.task import DirectTask, Task
 
@@ -37,6 +42,7 @@ __all__ = [
     "InvocationGroup",
     "InvocationStatus",
     "InvocationTimeoutError",
+    "ProcessRunner",
     "Pynenc",
     "PynencConfig",
     "PynencError",

@@ -102,7 +102,10 @@ class Task(Generic[R]):
     def __init__(self, app: Pynenc, func: Callable[..., Any], options: dict[str, Any]) -> None:
         self.app = app
         self.func = func
-        self.name = f"{func.__module__}.{func.__qualname__}"
+        # A spawned worker process imports the parent's script as __mp_main__; name its
+        # tasks as the parent does, so both sides agree.
+        module = "__main__" if func.__module__ == "__mp_main__" else func.__module__
+        self.name = f"{module}.{func.__qualname__}"
         self.options = options
         self.is_async = inspect.iscoroutinefunction(func)
         functools.update_wrapper(self, func)

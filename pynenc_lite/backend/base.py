@@ -159,6 +159,14 @@ class Backend(abc.ABC):
         Returns how many were handed back."""
 
     @abc.abstractmethod
+    def expire_leases(self, worker_id: str) -> int:
+        """End every lease `worker_id` holds now, because that worker is known to be dead.
+
+        Its invocations are then recovered by the next claim exactly as if the leases had
+        run out (counting a lost attempt). Returns how many leases were ended.
+        """
+
+    @abc.abstractmethod
     def heartbeat(self, worker: WorkerInfo, now: float, lease_seconds: float) -> int:
         """Record that `worker` is alive and extend every lease it holds to `now +
         lease_seconds`. Returns how many leases were extended."""

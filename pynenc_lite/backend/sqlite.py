@@ -476,6 +476,18 @@ class SQLiteBackend(Backend):
 
         return self._write_txn(body)
 
+    def expire_leases(self, worker_id: str) -> int:
+        def body(c: sqlite3.Connection) -> int:
+            cur = c.execute(
+                "UPDATE invocations SET lease_expires_at = 0 "
+                "WHERE lease_expires_at IS NOT NULL AND owner = ?",
+                (worker_id,),
+            )
+            c.execute("DELETE FROM workers WHERE worker_id = ?", (worker_id,))
+            return int(cur.rowcount)
+
+        return self._write_txn(body)
+
     def heartbeat(self, worker: WorkerInfo, now: float, lease_seconds: float) -> int:
         def body(c: sqlite3.Connection) -> int:
             c.execute(

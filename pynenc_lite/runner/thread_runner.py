@@ -26,15 +26,14 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import signal
 import socket
 import threading
 import time
-import types
 import uuid
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from pynenc_lite.backend.base import ClaimedInvocation, Outcome, WorkerInfo
+from pynenc_lite.runner.base import SIGNAL_CHECK_SECONDS, BaseRunner
 from pynenc_lite.runner.execution import run_claimed
 
 if TYPE_CHECKING:
@@ -45,21 +44,25 @@ logger = logging.getLogger(__name__)
 # How often an idle dispatcher looks for work that no notification announces (leases that
 # expired, retries whose time came).
 IDLE_CHECK_SECONDS = 1.0
-# How often the main thread checks the signal flags while run() blocks on it.
-SIGNAL_CHECK_SECONDS = 0.05
 
 
-def new_worker_id() -> str:
-    """`host:pid:random`, unique per runner start, readable in status listings."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+def new_worker_id(suffix: str = "") -> str:
+    """`host:pid[-suffix]:random`, unique per runner start, readable in status listings.
+
+    A process runner names its children `host:<its pid>-w<n>:random`.
+    """
+    pid = f"{os.getpid()}-{suffix}" if suffix else str(os.getpid())
+    return f"{socket.gethostname()}:{pid}:{uuid.uuid4().hex[:8]}"
 
 
-class ThreadRunner:
+class ThreadRunner(BaseRunner):
     """Runs an app's tasks on threads of this process.
 
     Args:
         app: the app whose tasks to run.
         threads: worker threads (default: `max_threads` from the configuration).
+        worker_id: the id this runner claims under (default: a new one per `run()`); a
+            process runner names its children so it can recover their work if they die.
         clock: the wall clock (seconds since the epoch); tests can pass a fake one.
     """
 
@@ -68,14 +71,17 @@ class ThreadRunner:
         app: Pynenc,
         *,
         threads: Optional[int] = None,
+        worker_id: Optional[str] = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        super().__init__()
         self.app = app
         self.threads = int(threads if threads is not None else app.conf.max_threads)
         if self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
         self.clock = clock
-        self.worker_id = ""
+        self._fixed_worker_id = worker_id
+        self.worker_id = worker_id or ""
         # Guards every field below up to _force. Notified when an outcome is ready, when
         # work may have appeared, and when a stop is asked for.
         self._cond = threading.Condition()
@@ -85,20 +91,11 @@ class ThreadRunner:
         self._work_hint = True  # work may be waiting: worth a claim when a thread is idle
         self._stopping = False
         self._force = False
-        self._signals = 0  # set from signal handlers only; read by the supervising thread
         self._queue: queue.SimpleQueue[Optional[ClaimedInvocation]] = queue.SimpleQueue()
-        self._ready = threading.Event()
-        self._done = threading.Event()
-        self._done.set()
-        self._background: Optional[threading.Thread] = None
+        self._stop_heartbeat = threading.Event()
 
     def __repr__(self) -> str:
         return f"<ThreadRunner {self.worker_id or '(not running)'} threads={self.threads}>"
-
-    @property
-    def is_running(self) -> bool:
-        """True from the start of `run()` until it has shut down."""
-        return not self._done.is_set()
 
     # -- public control ---------------------------------------------------------------------
 
@@ -111,51 +108,23 @@ class ThreadRunner:
         Raises:
             RuntimeError: this runner is already running.
         """
-        if not self._done.is_set():
-            raise RuntimeError(f"{self!r} is already running")
-        self._done.clear()
-        self._ready.clear()
-        with self._cond:
-            self._outcomes = []
-            self._idle, self._active = self.threads, 0
-            self._work_hint, self._stopping, self._force = True, False, False
-        self._signals = 0
-        self.worker_id = new_worker_id()
-        on_main = threading.current_thread() is threading.main_thread()
-        previous = self._install_signal_handlers() if on_main else {}
+        previous = self._begin()
         try:
-            self._run(burst, on_main)
+            with self._cond:
+                self._outcomes = []
+                self._idle, self._active = self.threads, 0
+                self._work_hint, self._stopping, self._force = True, False, False
+            self.worker_id = self._fixed_worker_id or new_worker_id()
+            self._stop_heartbeat.clear()
+            self._run(burst, on_main=bool(previous))
         finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
-            self._done.set()
+            self._end(previous)
 
     def stop_runner_loop(self) -> None:
         """Ask the runner to stop gracefully; returns at once (`run()` returns when done)."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-
-    def wait_until_stopped(self, timeout: Optional[float] = None) -> bool:
-        """Wait for `run()` to return. Returns False if `timeout` seconds passed first."""
-        return self._done.wait(timeout)
-
-    def __enter__(self) -> ThreadRunner:
-        """Start `run()` in a background thread; return once it accepts work."""
-        self._background = threading.Thread(
-            target=self.run, name="pynenc-lite-runner", daemon=True
-        )
-        self._background.start()
-        while not self._ready.wait(0.05):
-            if not self._background.is_alive():
-                raise RuntimeError(f"{self!r} failed to start; see the log for the reason")
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self.stop_runner_loop()
-        if self._background is not None:
-            self._background.join()
-            self._background = None
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -196,7 +165,7 @@ class ThreadRunner:
                     self._on_signal()
         finally:
             hub.remove_work_listener(self._hint_work)
-            self._finish(workers)
+            self._finish(workers, heartbeat)
 
     def _hint_work(self) -> None:
         with self._cond:
@@ -286,7 +255,7 @@ class ThreadRunner:
     def _heartbeat(self, info: WorkerInfo) -> None:
         c = self.app.conf
         backend = self.app.backend
-        while not self._done.wait(c.heartbeat_interval_seconds):
+        while not self._stop_heartbeat.wait(c.heartbeat_interval_seconds):
             try:
                 backend.heartbeat(info, self.clock(), c.lease_seconds)
             except Exception:
@@ -294,20 +263,17 @@ class ThreadRunner:
 
     # -- stopping ---------------------------------------------------------------------------
 
-    def _install_signal_handlers(self) -> dict[int, Any]:
-        def handler(signum: int, frame: Optional[types.FrameType]) -> None:
-            self._signals += 1  # only a flag: the supervising thread acts on it
-
-        return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-
     def _on_signal(self) -> None:
         if not self._stopping:
             logger.info("signal received: finishing running tasks (again to stop at once)")
             self.stop_runner_loop()
 
-    def _finish(self, workers: list[threading.Thread]) -> None:
+    def _finish(self, workers: list[threading.Thread], heartbeat: threading.Thread) -> None:
         """After the dispatcher returned: hand back what is still running, end the threads."""
         self.stop_runner_loop()
+        # Stop heartbeats first: one after remove_worker() would announce us alive again.
+        self._stop_heartbeat.set()
+        heartbeat.join()
         backend = self.app.backend
         with self._cond:
             unfinished = self._active

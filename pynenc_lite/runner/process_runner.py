@@ -1,0 +1,232 @@
+"""The process runner: a supervised pool of worker processes on this host.
+
+    supervisor (the process that called run())        worker process × N (spawned)
+    ──────────────────────────────────────────        ───────────────────────────
+    start N children, each with a known worker id ──► import the app by `module:attr`,
+    wait on their sentinels                            run a ThreadRunner under that id
+    a child died?  expire its leases at once and       (own SQLite connection, own threads,
+      start a replacement (with back-off when          own heartbeats; SIGTERM = graceful)
+      children keep dying)
+    SIGINT/SIGTERM: forward SIGTERM, wait for the
+      children's graceful stop, SIGKILL stragglers
+
+Children use the `spawn` start method on every platform, so behaviour on Linux matches macOS
+and no SQLite connection or lock is ever inherited across a fork. Each child claims work
+itself from the shared database; the supervisor only watches them.
+
+When a child dies, the supervisor marks its leases expired instead of handing its work
+back: the next claim then counts a lost attempt, so a task that kills its process (say with
+`os._exit`) ends FAILED with `WorkerLostError` after `max_lost_attempts`, instead of
+crashing workers for ever.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Optional
+
+from pynenc_lite.runner.base import SIGNAL_CHECK_SECONDS, BaseRunner
+from pynenc_lite.runner.thread_runner import ThreadRunner, new_worker_id
+
+if TYPE_CHECKING:
+    from multiprocessing.process import BaseProcess
+
+    from pynenc_lite.app import Pynenc
+    from pynenc_lite.conf import PynencConfig
+
+logger = logging.getLogger(__name__)
+
+# Extra time, beyond shutdown_grace_seconds, that children get to hand back their work.
+STOP_MARGIN_SECONDS = 5.0
+# A child that dies sooner than this after starting counts as crash-looping.
+QUICK_DEATH_SECONDS = 1.0
+MAX_RESPAWN_DELAY_SECONDS = 5.0
+
+
+def _child_main(
+    target: str, conf: PynencConfig, worker_id: str, threads: int, burst: bool, log_level: Optional[str]
+) -> None:
+    """Entry point of a worker process (module level, so `spawn` can import it)."""
+    # Ctrl-C in a terminal reaches every process of the group; the supervisor alone decides,
+    # and passes a SIGTERM on. An ignored signal stays ignored by the runner below.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if log_level:
+        logging.basicConfig(
+            level=log_level,
+            format="%(asctime)s %(levelname)s [%(processName)s] %(name)s: %(message)s",
+        )
+    from pynenc_lite.loading import load_app
+
+    app, _ = load_app(target)
+    app.conf = conf  # the supervisor's configuration, including run-time assignments
+    ThreadRunner(app, threads=threads, worker_id=worker_id).run(burst=burst)
+
+
+class ProcessRunner(BaseRunner):
+    """Runs an app's tasks in `processes` worker processes × `threads` threads each.
+
+    Args:
+        app: the app; it must be importable by worker processes (a module-level variable).
+        processes: worker processes (default `runner_processes`; 0 means one per CPU).
+        threads: threads per process (default `max_threads`).
+        target: `module:attr` of the app (default: found among imported modules).
+    """
+
+    def __init__(
+        self,
+        app: Pynenc,
+        *,
+        processes: Optional[int] = None,
+        threads: Optional[int] = None,
+        target: Optional[str] = None,
+    ) -> None:
+        super().__init__()
+        self.app = app
+        count = app.conf.runner_processes if processes is None else processes
+        self.processes = int(count) if count else (os.cpu_count() or 1)
+        self.threads = int(threads if threads is not None else app.conf.max_threads)
+        if self.processes < 1 or self.threads < 1:
+            raise ValueError(
+                f"processes and threads must be >= 1, got {self.processes} and {self.threads}"
+            )
+        self._target = target
+        self._children: dict[str, tuple[BaseProcess, float]] = {}  # id -> (process, start)
+        self._stop_requested = threading.Event()
+        self._started = 0  # worker processes started so far, for their names
+
+    def __repr__(self) -> str:
+        return f"<ProcessRunner {self.processes} processes x {self.threads} threads>"
+
+    @property
+    def child_pids(self) -> list[int]:
+        """PIDs of the worker processes alive now."""
+        return [p.pid for p, _ in list(self._children.values()) if p.pid and p.is_alive()]
+
+    def stop_runner_loop(self) -> None:
+        """Ask every worker process to stop gracefully; returns at once."""
+        self._stop_requested.set()
+
+    def run(self, *, burst: bool = False) -> None:
+        """Start the worker processes and supervise them until stopped.
+
+        Args:
+            burst: each process drains what is runnable, then exits; run() returns when all
+                have (exited processes are not replaced).
+
+        Raises:
+            RuntimeError: already running.
+            TargetError: the app cannot be imported by worker processes.
+        """
+        from pynenc_lite.loading import find_target
+
+        previous = self._begin()
+        try:
+            self._stop_requested.clear()
+            target = self._target or find_target(self.app)
+            context = multiprocessing.get_context("spawn")
+            log_level = self._child_log_level()
+            delay = 0.0
+            for _ in range(self.processes):
+                self._spawn(context, target, burst, log_level)
+            logger.info(
+                "process runner for app %r started %d worker processes x %d threads (%s)",
+                self.app.app_id,
+                self.processes,
+                self.threads,
+                target,
+            )
+            self._ready.set()
+            while self._children and not self._stop_requested.is_set():
+                sentinels = [p.sentinel for p, _ in self._children.values()]
+                multiprocessing.connection.wait(sentinels, SIGNAL_CHECK_SECONDS)
+                if self._signals:
+                    self.stop_runner_loop()
+                    break
+                for worker_id, (process, started) in list(self._children.items()):
+                    if process.is_alive():
+                        continue
+                    process.join()
+                    del self._children[worker_id]
+                    if burst and process.exitcode == 0:
+                        continue
+                    self._recover(worker_id, process)
+                    quick = time.monotonic() - started < QUICK_DEATH_SECONDS
+                    delay = min(max(delay * 2, 0.1), MAX_RESPAWN_DELAY_SECONDS) if quick else 0.0
+                    if delay and self._stop_requested.wait(delay):
+                        break
+                    self._spawn(context, target, burst, log_level)
+        finally:
+            try:
+                self._stop_children()
+            finally:
+                self._end(previous)
+
+    def _spawn(self, context: Any, target: str, burst: bool, log_level: Optional[str]) -> None:
+        self._started += 1
+        worker_id = new_worker_id(f"w{self._started}")
+        process = context.Process(
+            target=_child_main,
+            args=(target, self.app.conf, worker_id, self.threads, burst, log_level),
+            name=f"pynenc-lite-worker-{self._started}",
+            daemon=False,
+        )
+        process.start()
+        self._children[worker_id] = (process, time.monotonic())
+
+    def _recover(self, worker_id: str, process: BaseProcess) -> None:
+        try:
+            expired = self.app.backend.expire_leases(worker_id)
+        except Exception:
+            expired = -1
+            logger.exception("could not expire the leases of %s; they expire on time", worker_id)
+        logger.error(
+            "worker process %s (pid %s) exited with code %s holding %s invocation(s); they "
+            "will be claimed again, and a new process replaces it",
+            worker_id,
+            process.pid,
+            process.exitcode,
+            expired if expired >= 0 else "some",
+        )
+
+    def _stop_children(self) -> None:
+        """SIGTERM every child (graceful), wait, then SIGKILL stragglers and recover."""
+        grace = self.app.conf.shutdown_grace_seconds
+        for process, _ in self._children.values():
+            if process.is_alive() and process.pid:
+                os.kill(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace + STOP_MARGIN_SECONDS
+        forwarded = self._signals
+        while any(p.is_alive() for p, _ in self._children.values()):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            sentinels = [p.sentinel for p, _ in self._children.values() if p.is_alive()]
+            multiprocessing.connection.wait(sentinels, min(remaining, SIGNAL_CHECK_SECONDS))
+            if self._signals > max(forwarded, 1):
+                # A second signal: pass it on, so the children skip their grace period.
+                forwarded = self._signals
+                for process, _ in self._children.values():
+                    if process.is_alive() and process.pid:
+                        os.kill(process.pid, signal.SIGTERM)
+        for worker_id, (process, _) in list(self._children.items()):
+            if process.is_alive():
+                logger.error("worker process %s did not stop in time; killing it", process.pid)
+                process.kill()
+                process.join()
+                self._recover(worker_id, process)
+            else:
+                process.join()
+        self._children.clear()
+
+    @staticmethod
+    def _child_log_level() -> Optional[str]:
+        # Spawned children start with no logging set up; give them the parent's level when
+        # the parent configured logging, else leave theirs alone.
+        root = logging.getLogger()
+        return logging.getLevelName(root.level) if root.handlers else None

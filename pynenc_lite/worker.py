@@ -1,0 +1,117 @@
+"""`python -m pynenc_lite.worker TARGET`: run an app's tasks in worker processes.
+
+    python -m pynenc_lite.worker tasks:app --processes 4 --threads 8
+
+Start it in one or more terminals (on one host they share the SQLite file; on other hosts
+set PYNENC__BROKER_URL to a pynenc_lite server). SIGINT/SIGTERM stop it gracefully: running
+tasks get `shutdown_grace_seconds`, unfinished work is handed back, and it exits 0; a second
+signal stops at once (the work is then recovered through its lease).
+
+Exit codes: 0 after a clean stop (or a drained queue with --burst), 2 for a bad target,
+a module that does not import, or an app with no tasks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Optional, Sequence
+
+from pynenc_lite.errors import PynencError
+from pynenc_lite.loading import TargetError, load_app
+from pynenc_lite.runner import ProcessRunner, ThreadRunner
+
+logger = logging.getLogger("pynenc_lite.worker")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of the worker (also used for --help)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pynenc_lite.worker",
+        description="Run the tasks of a pynenc_lite app until stopped (Ctrl-C or SIGTERM).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "target",
+        help="the app: module:attr, a module holding exactly one Pynenc app, or a path to a "
+        ".py file (optionally file.py:attr)",
+    )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="worker processes to start and supervise (a dead one is replaced); 0 runs the "
+        "threads in this process, unsupervised",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="threads per process (default: the app's max_threads setting)",
+    )
+    parser.add_argument(
+        "--db",
+        default=None,
+        help="SQLite database file (default: the app's sqlite_db_path setting, else "
+        "<app_id>.pynenc.sqlite3 in the current folder)",
+    )
+    parser.add_argument(
+        "--burst",
+        action="store_true",
+        help="run what is queued now, then exit 0 instead of waiting for more",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="logging level (DEBUG also shows tracebacks of failed imports)",
+    )
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the worker command line; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level,
+        format="%(asctime)s %(levelname)s [%(processName)s] %(name)s: %(message)s",
+    )
+    if args.processes < 0 or (args.threads is not None and args.threads < 1):
+        parser.error("--processes must be >= 0 and --threads >= 1")
+    try:
+        app, target = load_app(args.target)
+        if args.db:
+            app.conf.sqlite_db_path = args.db
+        if not app.tasks:
+            raise TargetError(
+                f"app {app.app_id!r} ({target}) has no tasks: decorate functions with "
+                "@app.task or @app.direct_task in the module, or import the modules that do"
+            )
+        backend = app.backend  # opens (and creates) the database now, so errors show here
+    except PynencError as exc:
+        logger.debug("startup failed", exc_info=True)
+        print(f"pynenc_lite.worker: error: {exc}", file=sys.stderr)
+        return 2
+    threads = args.threads or app.conf.max_threads
+    logger.info(
+        "worker for app %r (%s) on %r; tasks: %s; %s x %d threads",
+        app.app_id,
+        target,
+        backend,
+        ", ".join(sorted(app.tasks)),
+        f"{args.processes} processes" if args.processes else "this process",
+        threads,
+    )
+    if args.processes == 0:
+        ThreadRunner(app, threads=threads).run(burst=args.burst)
+    else:
+        ProcessRunner(app, processes=args.processes, threads=threads, target=target).run(
+            burst=args.burst
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
