@@ -172,7 +172,8 @@ class SQLiteBackend(Backend):
             conn = sqlite3.connect(
                 self.path, timeout=0, isolation_level=None, check_same_thread=False
             )
-            conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            # Busy while another process sets the file up (schema, WAL switch): wait.
+            self._retry_busy(lambda: conn.execute(f"PRAGMA synchronous={self.synchronous}"))
         except (OSError, sqlite3.Error) as exc:
             raise BackendError(
                 f"cannot open the SQLite database at {self.path!r}: {exc}. Check that its "
@@ -522,6 +523,7 @@ class SQLiteBackend(Backend):
 
     def wait_for_change(self, token: Optional[int], timeout: float) -> int:
         conn = self._conn()
+        local = self._local
 
         def version() -> int:
             return int(conn.execute("PRAGMA data_version").fetchone()[0])
@@ -529,8 +531,10 @@ class SQLiteBackend(Backend):
         current = self._retry_busy(version)
         if token is None:
             return current
+        # The back-off carries over between calls from the same thread: a watcher that
+        # saw nothing change keeps polling slowly until something does.
+        interval = getattr(local, "poll_interval", self.poll_min_seconds)
         deadline = time.monotonic() + timeout
-        interval = self.poll_min_seconds
         while current == token:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -538,4 +542,5 @@ class SQLiteBackend(Backend):
             time.sleep(min(interval, remaining))
             interval = min(interval * 1.5, self.poll_max_seconds)
             current = self._retry_busy(version)
+        local.poll_interval = interval if current == token else self.poll_min_seconds
         return current

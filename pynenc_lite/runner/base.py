@@ -2,19 +2,23 @@
 turning SIGINT/SIGTERM into flags that the supervising thread acts on.
 
 A signal handler here only counts signals. Acting on them (stopping, forwarding) happens in
-the thread that called `run()`, between short waits, so a handler never runs code that
-takes a lock the interrupted code might hold.
+the thread that called `run()`, so a handler never runs code that takes a lock the
+interrupted code might hold. That thread sleeps on a wake-up pipe: the interpreter writes
+to it when a signal arrives (`signal.set_wakeup_fd`), and `_wake()` writes to it when the
+runner's own state changes, so supervising costs nothing while nothing happens.
 """
 
 from __future__ import annotations
 
 import abc
+import multiprocessing.connection
+import os
 import signal
 import threading
 import types
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
-# How often the thread that called run() checks the signal flags.
+# How often a waiting loop that cannot use the wake-up pipe checks the signal flags.
 SIGNAL_CHECK_SECONDS = 0.05
 
 
@@ -27,6 +31,8 @@ class BaseRunner(abc.ABC):
         self._done = threading.Event()  # set while run() is not running
         self._done.set()
         self._background: Optional[threading.Thread] = None
+        self._wake_fds: Optional[tuple[int, int]] = None  # (read, write) while running
+        self._previous_wakeup_fd = -1
 
     @abc.abstractmethod
     def run(self, *, burst: bool = False) -> None:
@@ -67,9 +73,8 @@ class BaseRunner(abc.ABC):
             self._background = None
 
     def _begin(self) -> dict[int, Any]:
-        """Mark the start of run(): flags reset, signal handlers installed on the main thread.
-
-        Returns the previous handlers, for `_end`.
+        """Mark the start of run(): flags reset, wake-up pipe made, and on the main thread
+        signal handlers installed. Returns the previous handlers, for `_end`.
 
         Raises:
             RuntimeError: already running.
@@ -79,12 +84,17 @@ class BaseRunner(abc.ABC):
         self._done.clear()
         self._ready.clear()
         self._signals = 0
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(read_fd, False)
+        os.set_blocking(write_fd, False)
+        self._wake_fds = (read_fd, write_fd)
         if threading.current_thread() is not threading.main_thread():
             return {}
 
         def handler(signum: int, frame: Optional[types.FrameType]) -> None:
             self._signals += 1
 
+        self._previous_wakeup_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
         # A signal the process ignores (a worker process ignores SIGINT; so does `nohup`)
         # stays ignored.
         return {
@@ -93,7 +103,35 @@ class BaseRunner(abc.ABC):
             if signal.getsignal(sig) is not signal.SIG_IGN
         }
 
+    def _wake(self) -> None:
+        """Wake the supervising thread (safe from any thread)."""
+        fds = self._wake_fds
+        if fds is not None:
+            try:
+                os.write(fds[1], b"w")
+            except (BlockingIOError, OSError):
+                pass  # the pipe is full (a wake-up is pending anyway) or already closed
+
+    def _sleep_until_woken(self, also: Sequence[Any] = (), timeout: Optional[float] = None) -> None:
+        """Block until `_wake()`, a signal, one of `also` (sentinels, connections) is ready,
+        or `timeout` seconds pass."""
+        assert self._wake_fds is not None
+        read_fd = self._wake_fds[0]
+        multiprocessing.connection.wait([read_fd, *also], timeout)
+        try:
+            while os.read(read_fd, 512):
+                pass
+        except BlockingIOError:
+            pass
+
     def _end(self, previous_handlers: dict[int, Any]) -> None:
+        if previous_handlers or self._previous_wakeup_fd != -1:
+            signal.set_wakeup_fd(self._previous_wakeup_fd)
+            self._previous_wakeup_fd = -1
         for signum, handler in previous_handlers.items():
             signal.signal(signum, handler)
+        if self._wake_fds is not None:
+            for fd in self._wake_fds:
+                os.close(fd)
+            self._wake_fds = None
         self._done.set()

@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import multiprocessing.connection
 import os
 import signal
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Optional
 
-from pynenc_lite.runner.base import SIGNAL_CHECK_SECONDS, BaseRunner
+from pynenc_lite.runner.base import BaseRunner
 from pynenc_lite.runner.thread_runner import ThreadRunner, new_worker_id
 
 if TYPE_CHECKING:
@@ -111,6 +110,7 @@ class ProcessRunner(BaseRunner):
     def stop_runner_loop(self) -> None:
         """Ask every worker process to stop gracefully; returns at once."""
         self._stop_requested.set()
+        self._wake()
 
     def run(self, *, burst: bool = False) -> None:
         """Start the worker processes and supervise them until stopped.
@@ -143,8 +143,7 @@ class ProcessRunner(BaseRunner):
             )
             self._ready.set()
             while self._children and not self._stop_requested.is_set():
-                sentinels = [p.sentinel for p, _ in self._children.values()]
-                multiprocessing.connection.wait(sentinels, SIGNAL_CHECK_SECONDS)
+                self._sleep_until_woken([p.sentinel for p, _ in self._children.values()])
                 if self._signals:
                     self.stop_runner_loop()
                     break
@@ -207,7 +206,7 @@ class ProcessRunner(BaseRunner):
             if remaining <= 0:
                 break
             sentinels = [p.sentinel for p, _ in self._children.values() if p.is_alive()]
-            multiprocessing.connection.wait(sentinels, min(remaining, SIGNAL_CHECK_SECONDS))
+            self._sleep_until_woken(sentinels, remaining)
             if self._signals > max(forwarded, 1):
                 # A second signal: pass it on, so the children skip their grace period.
                 forwarded = self._signals

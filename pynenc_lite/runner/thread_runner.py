@@ -33,7 +33,7 @@ import uuid
 from typing import TYPE_CHECKING, Callable, Optional
 
 from pynenc_lite.backend.base import ClaimedInvocation, Outcome, WorkerInfo
-from pynenc_lite.runner.base import SIGNAL_CHECK_SECONDS, BaseRunner
+from pynenc_lite.runner.base import BaseRunner
 from pynenc_lite.runner.execution import run_claimed
 
 if TYPE_CHECKING:
@@ -93,6 +93,7 @@ class ThreadRunner(BaseRunner):
         self._force = False
         self._queue: queue.SimpleQueue[Optional[ClaimedInvocation]] = queue.SimpleQueue()
         self._stop_heartbeat = threading.Event()
+        self._dispatcher_done = threading.Event()
 
     def __repr__(self) -> str:
         return f"<ThreadRunner {self.worker_id or '(not running)'} threads={self.threads}>"
@@ -116,6 +117,7 @@ class ThreadRunner(BaseRunner):
                 self._work_hint, self._stopping, self._force = True, False, False
             self.worker_id = self._fixed_worker_id or new_worker_id()
             self._stop_heartbeat.clear()
+            self._dispatcher_done.clear()
             self._run(burst, on_main=bool(previous))
         finally:
             self._end(previous)
@@ -125,6 +127,7 @@ class ThreadRunner(BaseRunner):
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
+        self._wake()
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -159,10 +162,11 @@ class ThreadRunner(BaseRunner):
         try:
             # This thread only supervises, so a signal handler never interrupts code that
             # holds a lock: it sets a flag, read here.
-            while dispatcher.is_alive():
-                dispatcher.join(SIGNAL_CHECK_SECONDS if on_main else None)
+            while not self._dispatcher_done.is_set():
+                self._sleep_until_woken()  # the dispatcher wakes us when it returns
                 if self._signals:
                     self._on_signal()
+            dispatcher.join()
         finally:
             hub.remove_work_listener(self._hint_work)
             self._finish(workers, heartbeat)
@@ -173,6 +177,13 @@ class ThreadRunner(BaseRunner):
             self._cond.notify_all()
 
     def _dispatch(self, burst: bool) -> None:
+        try:
+            self._dispatch_loop(burst)
+        finally:
+            self._dispatcher_done.set()
+            self._wake()
+
+    def _dispatch_loop(self, burst: bool) -> None:
         c = self.app.conf
         deadline: Optional[float] = None  # end of the grace period, once stopping
         while True:
@@ -185,8 +196,7 @@ class ThreadRunner(BaseRunner):
                             deadline = time.monotonic() + c.shutdown_grace_seconds
                         if self._active == 0 or self._force or time.monotonic() >= deadline:
                             return
-                        self._cond.wait(min(SIGNAL_CHECK_SECONDS, deadline - time.monotonic()))
-                        self._force = self._force or self._signals > 1
+                        self._cond.wait(deadline - time.monotonic())
                         continue
                     if self._idle and self._work_hint:
                         break
@@ -264,7 +274,11 @@ class ThreadRunner(BaseRunner):
     # -- stopping ---------------------------------------------------------------------------
 
     def _on_signal(self) -> None:
-        if not self._stopping:
+        if self._signals > 1:
+            with self._cond:
+                self._force = True  # a second signal: stop waiting for running tasks
+                self._cond.notify_all()
+        elif not self._stopping:
             logger.info("signal received: finishing running tasks (again to stop at once)")
             self.stop_runner_loop()
 
