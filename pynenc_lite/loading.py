@@ -63,12 +63,15 @@ def find_target(app: Pynenc) -> str:
     Raises:
         TargetError: the app is not a module-level attribute of any imported module.
     """
+    found = []
     for name, module in list(sys.modules.items()):
         for attr, value in list(getattr(module, "__dict__", {}).items()):
             if value is app:
-                if name == "__mp_main__":
-                    name = "__main__"
-                return f"{name}:{attr}"
+                found.append(("__main__" if name == "__mp_main__" else name, attr))
+    # Prefer the module that defines the app over a script that imported it.
+    found.sort(key=lambda name_attr: name_attr[0] == "__main__")
+    if found:
+        return f"{found[0][0]}:{found[0][1]}"
     raise TargetError(
         f"{app!r} is not a module-level variable of any imported module, so worker "
         "processes cannot import it; define it at module level (app = Pynenc(...))"
