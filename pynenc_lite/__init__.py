@@ -13,15 +13,20 @@ from pynenc_lite.conf import PynencConfig
 from pynenc_lite.errors import (
     BackendError,
     ConfigError,
+    CronError,
     InvocationCancelledError,
     InvocationTimeoutError,
     PynencError,
     RemoteTaskError,
+    RetryError,
     SerializationError,
     TaskNotFoundError,
+    TaskTimeLimitError,
     WorkerLostError,
 )
+from pynenc_lite.cron import CronSchedule
 from pynenc_lite.invocation import Invocation, InvocationGroup
+from pynenc_lite.options import TaskOptions
 from pynenc_lite.runner import (
     ProcessRunner,
     RunningInvocation,
@@ -36,6 +41,8 @@ __version__ = "0.1.0"
 __all__ = [
     "BackendError",
     "ConfigError",
+    "CronError",
+    "CronSchedule",
     "DirectTask",
     "Invocation",
     "InvocationCancelledError",
@@ -47,10 +54,13 @@ __all__ = [
     "PynencConfig",
     "PynencError",
     "RemoteTaskError",
+    "RetryError",
     "RunningInvocation",
     "SerializationError",
     "Task",
     "TaskNotFoundError",
+    "TaskOptions",
+    "TaskTimeLimitError",
     "ThreadRunner",
     "WorkerLostError",
     "current_invocation",

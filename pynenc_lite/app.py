@@ -200,7 +200,13 @@ class Pynenc:
         return self._runner
 
     def close(self) -> None:
-        """Stop the watcher and close database connections (the app can be used again)."""
+        """Stop `app.runner` if it runs, stop the watcher, and close database connections
+        (in that order, so no thread is left using a closed connection). The app can be used
+        again afterwards: the parts are made anew on first use."""
+        runner = self._runner
+        if runner is not None and runner.is_running:
+            runner.stop_runner_loop()
+            runner.wait_until_stopped(self.conf.shutdown_grace_seconds + 5.0)
         with self._lock:
             if self._hub is not None:
                 self._hub.close()
@@ -211,9 +217,17 @@ class Pynenc:
 
     # -- calls ------------------------------------------------------------------------------
 
-    def invoke(self, task: Task[R], calls: list[Call], *, awaited: bool) -> list[Invocation[R]]:
+    def invoke(
+        self,
+        task: Task[R],
+        calls: list[Call],
+        *,
+        awaited: bool,
+        run_at: Optional[float] = None,
+    ) -> list[Invocation[R]]:
         """Turn calls of `task` into invocations: stored for workers, or run inline in sync
         mode. `awaited=True` registers for the results before storing (the caller will wait).
+        `run_at` (epoch seconds) delays the start; sync mode runs at once regardless.
 
         Raises:
             SerializationError: an argument cannot be pickled (nothing is stored then).
@@ -227,7 +241,7 @@ class Pynenc:
                 self.app_id,
                 task.name,
                 serializer.dumps_call(task.name, args, kwargs),
-                now,
+                now if run_at is None else run_at,
                 now,
             )
             for args, kwargs in calls
@@ -258,16 +272,25 @@ class Pynenc:
         if round_trip:
             args, kwargs = serializer.loads_call(task.name, serializer.dumps_call(task.name, args, kwargs))
         invocation_id = new_invocation_id()
-        try:
-            value = task.func(*args, **kwargs)
-            if task.is_async:
-                value = run_coroutine_blocking(value)
-            if round_trip:
-                value = serializer.loads_value(task.name, serializer.dumps_value(task.name, value))
-            outcome = LocalOutcome(invocation_id, value=value)
-        except Exception as exc:
-            error = serializer.round_trip_exception(exc) if round_trip else exc
-            outcome = LocalOutcome(invocation_id, exception=error)
+        retries = 0
+        while True:
+            try:
+                value = task.func(*args, **kwargs)
+                if task.is_async:
+                    value = run_coroutine_blocking(value)
+                if round_trip:
+                    value = serializer.loads_value(
+                        task.name, serializer.dumps_value(task.name, value)
+                    )
+                outcome = LocalOutcome(invocation_id, value=value)
+            except Exception as exc:
+                if task.options.should_retry(exc, retries):
+                    retries += 1  # sync mode retries at once: tests should not sleep
+                    logger.info("sync call of %s failed (%r); retry %d", task.name, exc, retries)
+                    continue
+                error = serializer.round_trip_exception(exc) if round_trip else exc
+                outcome = LocalOutcome(invocation_id, exception=error)
+            break
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         future.set_result(outcome)
         return Invocation(self, task.name, invocation_id, future)
@@ -285,15 +308,15 @@ class Pynenc:
 
     # -- for runners ------------------------------------------------------------------------
 
-    def resolve_function(self, task_name: str) -> Callable[..., Any]:
-        """The function behind a task name: registered here, or found by importing its module.
+    def resolve_task(self, task_name: str) -> Task[Any]:
+        """The task behind a name: registered here, or found by importing its module.
 
         Raises:
             TaskNotFoundError: it cannot be found in this process; the message says why.
         """
         task = self._tasks.get(task_name)
         if task is not None:
-            return task.func
+            return task
         if task_name.startswith("__main__."):
             raise TaskNotFoundError(
                 f"task {task_name} was defined in the caller's __main__ script, which a worker "
@@ -321,11 +344,13 @@ class Pynenc:
                     obj = getattr(obj, attr)
             except AttributeError:
                 break
-            return obj.func if isinstance(obj, Task) else obj  # type: ignore[no-any-return]
+            if isinstance(obj, Task):
+                return obj
+            break
         raise TaskNotFoundError(
             f"task {task_name} cannot be found on this worker: its module does not import "
-            "here or does not define it. Start the worker from the project folder (or set "
-            "PYTHONPATH) so that the same code is importable."
+            "here or does not define it as a task. Start the worker from the project folder "
+            "(or set PYTHONPATH) so that the same code is importable."
         )
 
     def warn_if_no_worker(self, invocation: Invocation[Any], waited_seconds: float) -> bool:

@@ -12,6 +12,7 @@ cancelled invocation's error from `concurrent.futures.CancelledError`, so code w
 from __future__ import annotations
 
 import concurrent.futures
+from typing import Any, Optional
 
 
 class PynencError(Exception):
@@ -58,3 +59,31 @@ class SerializationError(PynencError):
 class WorkerLostError(PynencError):
     """The worker running the invocation vanished (crashed, killed, or its host stopped) too
     many times in a row, so the invocation was failed instead of being tried again."""
+
+
+class RetryError(PynencError):
+    """Raise inside a task to ask for another attempt (within the task's `max_retries`).
+
+    Args:
+        message: why the task wants to be retried.
+        delay_seconds: wait this long before the retry instead of the task's back-off delay.
+    """
+
+    def __init__(
+        self, message: str = "retry requested", delay_seconds: Optional[float] = None
+    ) -> None:
+        super().__init__(message)
+        self.delay_seconds = delay_seconds
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (str(self), self.delay_seconds)
+
+
+class TaskTimeLimitError(PynencError, TimeoutError):
+    """A task ran longer than its `time_limit_seconds` and was failed (the message names the
+    task and the limit). On a process runner its process was ended; on a thread runner the
+    thread cannot be stopped and runs on, but its result is discarded."""
+
+
+class CronError(PynencError, ValueError):
+    """A cron expression is malformed; the message names the field and the accepted values."""

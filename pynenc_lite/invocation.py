@@ -108,6 +108,29 @@ class Invocation(Generic[R]):
         record = self.record()
         return 1 if record is None else record.attempts
 
+    def cancel(self) -> bool:
+        """Cancel the invocation if it has not finished.
+
+        Work not started yet never starts. Running work is stopped where the runner can (a
+        process runner ends the worker process that runs it) and otherwise flagged, so the
+        task can check `current_invocation().is_cancelled()`. Waiters get an
+        `InvocationCancelledError` (a `concurrent.futures.CancelledError`) at once.
+
+        Returns:
+            True if it was cancelled now; False (changing nothing) if it had finished.
+        """
+        if self._future is not None and isinstance(
+            self._future.result() if self._future.done() else None, LocalOutcome
+        ):
+            return False  # a sync call finished when it was made
+        if not self.app.backend.cancel(self.invocation_id, time.time()):
+            return False
+        if self.app._hub is not None:
+            self.app.hub.resolve(
+                Outcome(self.invocation_id, InvocationStatus.CANCELLED, error="cancelled")
+            )
+        return True
+
     # -- results ----------------------------------------------------------------------------
 
     @property

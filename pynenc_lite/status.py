@@ -51,7 +51,7 @@ LEASED_STATUSES = frozenset({S.RUNNING})
 ALLOWED_TRANSITIONS: dict[InvocationStatus, frozenset[InvocationStatus]] = {
     S.REGISTERED: LEASED_STATUSES,  # hand back on shutdown
     S.RUNNING: CLAIMABLE_STATUSES | LEASED_STATUSES,  # claim; re-claim after lease expiry
-    S.RETRY: LEASED_STATUSES,
+    S.RETRY: LEASED_STATUSES,  # failed with retries left: queued again at its retry time
     S.SUCCESS: LEASED_STATUSES,
     S.FAILED: LEASED_STATUSES,  # raised, could not be run, or its worker was lost too often
     S.CANCELLED: CLAIMABLE_STATUSES | LEASED_STATUSES,

@@ -13,13 +13,16 @@ stores them and the runners run them.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import functools
 import importlib
 import inspect
 import logging
+import time
 from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, Optional, TypeVar
 
 from pynenc_lite.invocation import Invocation, InvocationGroup
+from pynenc_lite.options import TaskOptions
 
 if TYPE_CHECKING:
     from pynenc_lite.app import Pynenc
@@ -29,48 +32,6 @@ logger = logging.getLogger(__name__)
 R = TypeVar("R")
 
 Call = tuple[tuple[Any, ...], dict[str, Any]]
-
-# pynenc task options that pynenc_lite accepts but does not act on yet: a pynenc decorator
-# keeps working, with one warning per option name.
-PYNENC_ONLY_OPTIONS = frozenset(
-    {
-        "max_retries",
-        "retry_for",
-        "running_concurrency",
-        "registration_concurrency",
-        "key_arguments",
-        "on_diff_non_key_args_raise",
-        "call_result_cache",
-        "disable_cache_args",
-        "force_new_workflow",
-        "reroute_on_concurrency_control",
-        "parallel_batch_size",
-    }
-)
-_warned_options: set[str] = set()
-
-
-def check_options(task_name: str, options: dict[str, Any]) -> None:
-    """Reject unknown task options by name; warn once about pynenc-only ones.
-
-    Raises:
-        TypeError: an option pynenc_lite and pynenc do not know.
-    """
-    for name in options:
-        if name not in PYNENC_ONLY_OPTIONS:
-            raise TypeError(
-                f"unknown task option {name!r} for {task_name}; accepted: parallel_func, "
-                f"aggregate_func (direct_task), and pynenc's {sorted(PYNENC_ONLY_OPTIONS)}"
-            )
-        if name not in _warned_options:
-            _warned_options.add(name)
-            logger.warning(
-                "task option %r (used by %s) is accepted for pynenc compatibility but not "
-                "acted on by this version of pynenc_lite",
-                name,
-                task_name,
-            )
-
 
 def to_call(item: Any, where: str) -> Call:
     """One call's arguments from a `parallel_func`/`parallelize` item.
@@ -106,10 +67,9 @@ class Task(Generic[R]):
         # tasks as the parent does, so both sides agree.
         module = "__main__" if func.__module__ == "__mp_main__" else func.__module__
         self.name = f"{module}.{func.__qualname__}"
-        self.options = options
+        self.options = TaskOptions.from_decorator(self.name, options)
         self.is_async = inspect.iscoroutinefunction(func)
         functools.update_wrapper(self, func)
-        check_options(self.name, options)
         if "<locals>" in func.__qualname__:
             logger.warning(
                 "task %s is defined inside a function: only runners in this process can find "
@@ -126,6 +86,34 @@ class Task(Generic[R]):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Invocation[R]:
         return self.app.invoke(self, [(args, kwargs)], awaited=False)[0]
+
+    def call_later(self, countdown_seconds: float, *args: Any, **kwargs: Any) -> Invocation[R]:
+        """Store a call that no worker starts before `countdown_seconds` from now.
+
+        It is kept in the database, so it survives restarts; with a worker up it starts
+        within about a second of its time. In sync mode it runs at once.
+
+        Raises:
+            ValueError: a negative countdown.
+        """
+        if countdown_seconds < 0:
+            raise ValueError(f"countdown_seconds must be >= 0, got {countdown_seconds}")
+        return self.app.invoke(
+            self, [(args, kwargs)], awaited=False, run_at=time.time() + countdown_seconds
+        )[0]
+
+    def call_at(self, when: datetime.datetime, *args: Any, **kwargs: Any) -> Invocation[R]:
+        """Store a call that no worker starts before `when` (a timezone-aware datetime).
+
+        Raises:
+            ValueError: `when` has no timezone (it would be ambiguous across hosts).
+        """
+        if when.tzinfo is None or when.utcoffset() is None:
+            raise ValueError(
+                f"call_at needs a timezone-aware datetime, got {when!r}; use for example "
+                "datetime.now(timezone.utc) + timedelta(minutes=5)"
+            )
+        return self.app.invoke(self, [(args, kwargs)], awaited=False, run_at=when.timestamp())[0]
 
     def parallelize(self, param_iter: Iterable[Any]) -> InvocationGroup[R]:
         """Submit one invocation per item, all in one atomic write.

@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 class Hub:
     """The meeting point of callers, runners and the watcher for one backend in one process."""
 
-    def __init__(self, backend: Backend, *, watch_timeout_seconds: float = 1.0) -> None:
+    def __init__(self, backend: Backend, *, watch_timeout_seconds: float = 0.1) -> None:
         self._backend = backend
         self._watch_timeout_seconds = watch_timeout_seconds
         # Guards _futures, _work_listeners, _work_epoch, _work_waiters, _seq, _watcher and
@@ -140,11 +140,18 @@ class Hub:
 
     # -- the watcher ------------------------------------------------------------------------
 
-    def close(self) -> None:
-        """Stop the watcher; futures still pending are left unresolved."""
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the watcher and wait (up to `timeout` seconds) until it has, so the backend
+        can be closed safely afterwards. Futures still pending are left unresolved."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+            watcher = self._watcher
+        # The watcher notices within one watch timeout (it never waits longer per call).
+        if watcher is not None and watcher is not threading.current_thread():
+            watcher.join(timeout)
+            if watcher.is_alive():
+                logger.warning("the watcher of %r did not stop within %ss", self._backend, timeout)
 
     def _ensure_seq(self) -> None:
         # The starting point must be read before the first future is registered, so that no

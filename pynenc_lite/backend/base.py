@@ -41,6 +41,7 @@ class ClaimedInvocation:
     task_name: str
     args: bytes
     attempt: int  # 1 on the first run; counts every start, including after a lost worker
+    retries: int  # how many retries were already used (RETRY outcomes so far)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +51,8 @@ class Outcome:
     `payload` is the pickled return value (SUCCESS) or the pickled exception (FAILED), or
     None when there is nothing loadable; `error` is a readable `Type: message` line and
     `traceback` the worker's traceback text, both readable without unpickling anything.
+    A RETRY outcome is not final: it carries the failure and `retry_at`, when the invocation
+    may run again.
     """
 
     invocation_id: str
@@ -57,6 +60,7 @@ class Outcome:
     payload: Optional[bytes] = None
     error: Optional[str] = None
     traceback: Optional[str] = None
+    retry_at: Optional[float] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +73,7 @@ class InvocationRecord:
     status: InvocationStatus
     attempts: int  # how many times it was claimed (started)
     lost_attempts: int  # how many times its worker vanished while holding it
+    retries: int  # how many times it was put back to RETRY after a failure
     owner: Optional[str]
     lease_expires_at: Optional[float]
     run_at: float
@@ -142,7 +147,8 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def complete_many(self, outcomes: Sequence[Outcome], worker_id: str, now: float) -> list[bool]:
-        """Record final outcomes, in one atomic unit, for those `worker_id` still holds.
+        """Record outcomes, in one atomic unit, for those `worker_id` still holds: final ones
+        (SUCCESS, FAILED), or RETRY, which queues the invocation again at `retry_at`.
 
         Returns one flag per outcome: False where the claim was lost meanwhile (its lease
         expired and the invocation was taken over); such a late outcome changes nothing, so
@@ -167,9 +173,41 @@ class Backend(abc.ABC):
         """
 
     @abc.abstractmethod
-    def heartbeat(self, worker: WorkerInfo, now: float, lease_seconds: float) -> int:
+    def heartbeat(
+        self, worker: WorkerInfo, running: Sequence[str], now: float, lease_seconds: float
+    ) -> list[str]:
         """Record that `worker` is alive and extend every lease it holds to `now +
-        lease_seconds`. Returns how many leases were extended."""
+        lease_seconds`.
+
+        Returns those of the `running` invocation ids the worker no longer holds (cancelled,
+        or failed for a time limit), so the runner can stop or flag them.
+        """
+
+    @abc.abstractmethod
+    def cancel(self, invocation_id: str, now: float) -> bool:
+        """Cancel an invocation that is not final yet (waiting, delayed, or running).
+
+        Returns False, changing nothing, when it already finished (or does not exist).
+        A running invocation's worker learns of it at its next heartbeat.
+        """
+
+    @abc.abstractmethod
+    def get_cron_moment(self, app_id: str, task_name: str) -> Optional[float]:
+        """The latest cron moment already handled for a task, or None if never seen."""
+
+    @abc.abstractmethod
+    def advance_cron(
+        self,
+        app_id: str,
+        task_name: str,
+        expected: Optional[float],
+        moment: float,
+        invocations: Sequence[NewInvocation],
+    ) -> bool:
+        """Atomically move a task's handled cron moment from `expected` to `moment` and store
+        `invocations` (possibly none). Only the first of several workers doing this for the
+        same `expected` succeeds; the others get False and store nothing — so each moment
+        fires exactly once however many workers run."""
 
     @abc.abstractmethod
     def remove_worker(self, worker_id: str) -> None:
@@ -178,6 +216,11 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def has_runnable(self, app_id: str, now: float) -> bool:
         """Cheap read-only check: would `claim` find anything right now?"""
+
+    @abc.abstractmethod
+    def next_run_at(self, app_id: str) -> Optional[float]:
+        """The earliest `run_at` of the app's waiting (REGISTERED or RETRY) invocations, so
+        an idle runner can wake when a delayed run or a retry comes due; None if none wait."""
 
     # -- waiting ----------------------------------------------------------------------------
 

@@ -68,6 +68,7 @@ CREATE TABLE IF NOT EXISTS invocations (
     run_at REAL NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
     lost_attempts INTEGER NOT NULL DEFAULT 0,
+    retries INTEGER NOT NULL DEFAULT 0,
     created_at REAL NOT NULL,
     started_at REAL,
     finished_at REAL,
@@ -81,6 +82,12 @@ CREATE INDEX IF NOT EXISTS ix_invocations_lease
     ON invocations (app_id, lease_expires_at) WHERE lease_expires_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS ix_invocations_outcome
     ON invocations (outcome_seq) WHERE outcome_seq IS NOT NULL;
+CREATE TABLE IF NOT EXISTS cron_state (
+    app_id TEXT NOT NULL,
+    task_name TEXT NOT NULL,
+    moment REAL NOT NULL,               -- the latest scheduled moment already handled
+    PRIMARY KEY (app_id, task_name)
+);
 CREATE TABLE IF NOT EXISTS workers (
     worker_id TEXT PRIMARY KEY,
     app_id TEXT NOT NULL,
@@ -260,20 +267,19 @@ class SQLiteBackend(Backend):
     # -- callers ----------------------------------------------------------------------------
 
     def submit(self, invocations: Sequence[NewInvocation]) -> None:
-        rows = [
-            (i.invocation_id, i.app_id, i.task_name, i.args, "REGISTERED", i.run_at, i.created_at)
-            for i in invocations
-        ]
+        if invocations:
+            self._write_txn(lambda c: self._insert(c, invocations))
 
-        def body(c: sqlite3.Connection) -> None:
-            c.executemany(
-                "INSERT INTO invocations (id, app_id, task_name, args, status, run_at, "
-                "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
-
-        if rows:
-            self._write_txn(body)
+    @staticmethod
+    def _insert(c: sqlite3.Connection, invocations: Sequence[NewInvocation]) -> None:
+        c.executemany(
+            "INSERT INTO invocations (id, app_id, task_name, args, status, run_at, created_at) "
+            "VALUES (?, ?, ?, ?, 'REGISTERED', ?, ?)",
+            [
+                (i.invocation_id, i.app_id, i.task_name, i.args, i.run_at, i.created_at)
+                for i in invocations
+            ],
+        )
 
     def get_outcomes(self, invocation_ids: Sequence[str]) -> list[Outcome]:
         outcomes = []
@@ -302,7 +308,7 @@ class SQLiteBackend(Backend):
 
     def get_invocation(self, invocation_id: str) -> Optional[InvocationRecord]:
         rows = self._read(
-            "SELECT id, app_id, task_name, status, attempts, lost_attempts, owner, "
+            "SELECT id, app_id, task_name, status, attempts, lost_attempts, retries, owner, "
             "lease_expires_at, run_at, created_at, started_at, finished_at, error "
             "FROM invocations WHERE id = ?",
             (invocation_id,),
@@ -331,6 +337,17 @@ class SQLiteBackend(Backend):
             (app_id, *_CLAIMABLE, now, app_id, now),
         )
         return bool(rows[0][0])
+
+    def next_run_at(self, app_id: str) -> Optional[float]:
+        found = [
+            self._read(
+                "SELECT MIN(run_at) FROM invocations WHERE app_id = ? AND status = ?",
+                (app_id, status),
+            )[0][0]
+            for status in _CLAIMABLE
+        ]
+        times = [t for t in found if t is not None]
+        return min(times) if times else None
 
     def claim(
         self,
@@ -385,7 +402,7 @@ class SQLiteBackend(Backend):
                 (worker_id, now + lease_seconds, now, *seqs),
             )
             rows = c.execute(
-                "SELECT id, task_name, args, attempts FROM invocations "
+                "SELECT id, task_name, args, attempts, retries FROM invocations "
                 f"WHERE seq IN ({_marks(len(seqs))}) ORDER BY run_at, seq",
                 seqs,
             ).fetchall()
@@ -420,31 +437,52 @@ class SQLiteBackend(Backend):
 
     def complete_many(self, outcomes: Sequence[Outcome], worker_id: str, now: float) -> list[bool]:
         for outcome in outcomes:
-            if not outcome.status.is_final():
-                raise ValueError(f"complete needs a final status, got {outcome.status}")
+            if not (outcome.status.is_final() or outcome.status is InvocationStatus.RETRY):
+                raise ValueError(f"cannot complete with status {outcome.status}")
+            if outcome.status is InvocationStatus.RETRY and outcome.retry_at is None:
+                raise ValueError("a RETRY outcome needs retry_at")
 
         def body(c: sqlite3.Connection) -> list[bool]:
             # A refused outcome leaves a gap in the sequence; watchers do not mind gaps.
-            first = self._take_outcome_seqs(c, len(outcomes))
+            finals = sum(o.status.is_final() for o in outcomes)
+            seq = self._take_outcome_seqs(c, finals) if finals else 0
             accepted = []
-            for i, outcome in enumerate(outcomes):
+            for outcome in outcomes:
                 sources = _FROM[outcome.status]
-                cur = c.execute(
-                    "UPDATE invocations SET status = ?, owner = NULL, lease_expires_at = NULL, "
-                    "result = ?, error = ?, traceback = ?, finished_at = ?, outcome_seq = ? "
-                    f"WHERE id = ? AND owner = ? AND status IN ({_marks(len(sources))})",
-                    (
-                        outcome.status.value,
-                        outcome.payload,
-                        outcome.error,
-                        outcome.traceback,
-                        now,
-                        first + i,
-                        outcome.invocation_id,
-                        worker_id,
-                        *sources,
-                    ),
-                )
+                if outcome.status is InvocationStatus.RETRY:
+                    cur = c.execute(
+                        "UPDATE invocations SET status = 'RETRY', owner = NULL, "
+                        "lease_expires_at = NULL, run_at = ?, retries = retries + 1, "
+                        "error = ?, traceback = ? WHERE id = ? AND owner = ? AND status IN "
+                        f"({_marks(len(sources))})",
+                        (
+                            outcome.retry_at,
+                            outcome.error,
+                            outcome.traceback,
+                            outcome.invocation_id,
+                            worker_id,
+                            *sources,
+                        ),
+                    )
+                else:
+                    cur = c.execute(
+                        "UPDATE invocations SET status = ?, owner = NULL, lease_expires_at = "
+                        "NULL, result = ?, error = ?, traceback = ?, finished_at = ?, "
+                        "outcome_seq = ? WHERE id = ? AND owner = ? AND status IN "
+                        f"({_marks(len(sources))})",
+                        (
+                            outcome.status.value,
+                            outcome.payload,
+                            outcome.error,
+                            outcome.traceback,
+                            now,
+                            seq,
+                            outcome.invocation_id,
+                            worker_id,
+                            *sources,
+                        ),
+                    )
+                    seq += 1
                 accepted.append(cur.rowcount > 0)
             return accepted
 
@@ -455,12 +493,67 @@ class SQLiteBackend(Backend):
             if not ok:
                 logger.warning(
                     "ignored a late %s outcome for invocation %s from worker %s: it no longer "
-                    "holds the claim (its lease expired and the invocation was taken over)",
+                    "holds the claim (cancelled, failed for its time limit, or its lease "
+                    "expired and another worker took it over)",
                     outcome.status,
                     outcome.invocation_id,
                     worker_id,
                 )
         return flags
+
+    def cancel(self, invocation_id: str, now: float) -> bool:
+        sources = _FROM[InvocationStatus.CANCELLED]
+
+        def body(c: sqlite3.Connection) -> bool:
+            cur = c.execute(
+                "UPDATE invocations SET status = 'CANCELLED', owner = NULL, lease_expires_at = "
+                "NULL, finished_at = ?, error = ?, outcome_seq = ? WHERE id = ? AND status IN "
+                f"({_marks(len(sources))})",
+                (
+                    now,
+                    "InvocationCancelledError: cancelled",
+                    self._take_outcome_seqs(c, 1),
+                    invocation_id,
+                    *sources,
+                ),
+            )
+            return cur.rowcount > 0
+
+        return self._write_txn(body)
+
+    def get_cron_moment(self, app_id: str, task_name: str) -> Optional[float]:
+        rows = self._read(
+            "SELECT moment FROM cron_state WHERE app_id = ? AND task_name = ?",
+            (app_id, task_name),
+        )
+        return float(rows[0][0]) if rows else None
+
+    def advance_cron(
+        self,
+        app_id: str,
+        task_name: str,
+        expected: Optional[float],
+        moment: float,
+        invocations: Sequence[NewInvocation],
+    ) -> bool:
+        def body(c: sqlite3.Connection) -> bool:
+            if expected is None:
+                cur = c.execute(
+                    "INSERT OR IGNORE INTO cron_state (app_id, task_name, moment) VALUES (?, ?, ?)",
+                    (app_id, task_name, moment),
+                )
+            else:
+                cur = c.execute(
+                    "UPDATE cron_state SET moment = ? WHERE app_id = ? AND task_name = ? "
+                    "AND moment = ?",
+                    (moment, app_id, task_name, expected),
+                )
+            if cur.rowcount == 0:
+                return False  # another worker handled these moments first
+            self._insert(c, invocations)
+            return True
+
+        return self._write_txn(body)
 
     def release(self, worker_id: str) -> int:
         sources = _FROM[InvocationStatus.REGISTERED]
@@ -489,8 +582,10 @@ class SQLiteBackend(Backend):
 
         return self._write_txn(body)
 
-    def heartbeat(self, worker: WorkerInfo, now: float, lease_seconds: float) -> int:
-        def body(c: sqlite3.Connection) -> int:
+    def heartbeat(
+        self, worker: WorkerInfo, running: Sequence[str], now: float, lease_seconds: float
+    ) -> list[str]:
+        def body(c: sqlite3.Connection) -> list[str]:
             c.execute(
                 "INSERT INTO workers (worker_id, app_id, hostname, pid, threads, started_at, "
                 "last_heartbeat_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (worker_id) "
@@ -505,12 +600,22 @@ class SQLiteBackend(Backend):
                     now,
                 ),
             )
-            cur = c.execute(
+            c.execute(
                 "UPDATE invocations SET lease_expires_at = ? WHERE app_id = ? AND "
                 f"lease_expires_at IS NOT NULL AND owner = ? AND status IN ({_marks(len(_LEASED))})",
                 (now + lease_seconds, worker.app_id, worker.worker_id, *_LEASED),
             )
-            return int(cur.rowcount)
+            lost = []
+            for chunk in _chunks(running):
+                lost += [
+                    row[0]
+                    for row in c.execute(
+                        f"SELECT id FROM invocations WHERE id IN ({_marks(len(chunk))}) AND "
+                        "(owner IS NULL OR owner != ? OR status != 'RUNNING')",
+                        (*chunk, worker.worker_id),
+                    )
+                ]
+            return lost
 
         return self._write_txn(body)
 

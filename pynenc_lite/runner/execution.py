@@ -1,6 +1,7 @@
 """Running one claimed invocation: find the function, load the arguments, call it, and
 package the outcome. Never raises: every failure becomes a FAILED outcome with a readable
-error, so a bad invocation cannot take a runner down or be retried forever.
+error — or a RETRY outcome when the task's retry policy allows another attempt — so a bad
+invocation cannot take a runner down or be retried forever.
 
 Shared by the thread runner and the worker processes; it does no storage I/O.
 """
@@ -13,10 +14,11 @@ import dataclasses
 import inspect
 import logging
 import threading
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from pynenc_lite import serializer
 from pynenc_lite.backend.base import ClaimedInvocation, Outcome
+from pynenc_lite.options import TaskOptions
 from pynenc_lite.status import InvocationStatus
 
 if TYPE_CHECKING:
@@ -31,8 +33,16 @@ class RunningInvocation:
 
     invocation_id: str
     task_name: str
-    attempt: int  # 1 on the first run; higher after a worker was lost or a retry
+    attempt: int  # 1 on the first run; higher after a retry or a lost worker
+    retries: int  # retries used before this attempt
     worker_id: str
+    cancelled: threading.Event = dataclasses.field(default_factory=threading.Event)
+
+    def is_cancelled(self) -> bool:
+        """True once the invocation was cancelled (or failed for its time limit) while it
+        runs: a long task can check this and return early. The runner learns of it at its
+        next heartbeat."""
+        return self.cancelled.is_set()
 
 
 _current: contextvars.ContextVar[Optional[RunningInvocation]] = contextvars.ContextVar(
@@ -70,16 +80,21 @@ def current_invocation() -> Optional[RunningInvocation]:
 
 
 def run_claimed(
-    app: Pynenc, claimed: ClaimedInvocation, attempt: int, worker_id: str
+    app: Pynenc,
+    claimed: ClaimedInvocation,
+    worker_id: str,
+    clock: Callable[[], float],
+    running: Optional[RunningInvocation] = None,
 ) -> Outcome:
     """Run `claimed` in this thread and return its outcome (never raises an Exception)."""
-    token = _current.set(
-        RunningInvocation(claimed.invocation_id, claimed.task_name, attempt, worker_id)
-    )
+    running = running or running_for(claimed, worker_id)
+    token = _current.set(running)
+    options = TaskOptions()
     try:
-        func = app.resolve_function(claimed.task_name)
+        task = app.resolve_task(claimed.task_name)
+        options = task.options
         args, kwargs = serializer.loads_call(claimed.task_name, claimed.args)
-        value = func(*args, **kwargs)
+        value = task.func(*args, **kwargs)
         if inspect.iscoroutine(value):
             value = run_coroutine_blocking(value)
         payload = serializer.dumps_value(claimed.task_name, value)
@@ -87,8 +102,37 @@ def run_claimed(
     except (Exception, SystemExit) as exc:
         # SystemExit too: a task calling sys.exit() must fail its invocation, not end a
         # worker thread silently.
-        payload, error, text = serializer.dumps_exception(exc)
-        logger.debug("invocation %s of %s failed: %s", claimed.invocation_id, claimed.task_name, error)
-        return Outcome(claimed.invocation_id, InvocationStatus.FAILED, payload, error, text)
+        return failure_outcome(claimed, options, exc, clock())
     finally:
         _current.reset(token)
+
+
+def running_for(claimed: ClaimedInvocation, worker_id: str) -> RunningInvocation:
+    """The `current_invocation()` value for a claimed invocation."""
+    return RunningInvocation(
+        claimed.invocation_id, claimed.task_name, claimed.attempt, claimed.retries, worker_id
+    )
+
+
+def failure_outcome(
+    claimed: ClaimedInvocation, options: TaskOptions, exc: BaseException, now: float
+) -> Outcome:
+    """RETRY at the policy's next time when `exc` is retryable and retries are left,
+    else FAILED; both carry the error and traceback."""
+    payload, error, text = serializer.dumps_exception(exc)
+    if options.should_retry(exc, claimed.retries):
+        delay = options.retry_delay(claimed.retries, exc)
+        logger.info(
+            "invocation %s of %s failed (%s); retry %d of %d in %.2fs",
+            claimed.invocation_id,
+            claimed.task_name,
+            error,
+            claimed.retries + 1,
+            options.max_retries,
+            delay,
+        )
+        return Outcome(
+            claimed.invocation_id, InvocationStatus.RETRY, None, error, text, retry_at=now + delay
+        )
+    logger.debug("invocation %s of %s failed: %s", claimed.invocation_id, claimed.task_name, error)
+    return Outcome(claimed.invocation_id, InvocationStatus.FAILED, payload, error, text)

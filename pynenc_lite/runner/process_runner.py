@@ -31,7 +31,7 @@ import time
 from typing import TYPE_CHECKING, Any, Optional
 
 from pynenc_lite.runner.base import BaseRunner
-from pynenc_lite.runner.thread_runner import ThreadRunner, new_worker_id
+from pynenc_lite.runner.thread_runner import EXIT_HARD_STOP, ThreadRunner, new_worker_id
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
@@ -64,7 +64,7 @@ def _child_main(
 
     app, _ = load_app(target)
     app.conf = conf  # the supervisor's configuration, including run-time assignments
-    ThreadRunner(app, threads=threads, worker_id=worker_id).run(burst=burst)
+    ThreadRunner(app, threads=threads, worker_id=worker_id, hard_stop=True).run(burst=burst)
 
 
 class ProcessRunner(BaseRunner):
@@ -155,7 +155,11 @@ class ProcessRunner(BaseRunner):
                     if burst and process.exitcode == 0:
                         continue
                     self._recover(worker_id, process)
-                    quick = time.monotonic() - started < QUICK_DEATH_SECONDS
+                    # A process that ended itself to stop a task is not crash-looping.
+                    quick = (
+                        time.monotonic() - started < QUICK_DEATH_SECONDS
+                        and process.exitcode != EXIT_HARD_STOP
+                    )
                     delay = min(max(delay * 2, 0.1), MAX_RESPAWN_DELAY_SECONDS) if quick else 0.0
                     if delay and self._stop_requested.wait(delay):
                         break
@@ -184,6 +188,14 @@ class ProcessRunner(BaseRunner):
         except Exception:
             expired = -1
             logger.exception("could not expire the leases of %s; they expire on time", worker_id)
+        if process.exitcode == EXIT_HARD_STOP:
+            logger.info(
+                "worker process %s (pid %s) ended itself to stop a task (time limit or "
+                "cancel); a new process replaces it",
+                worker_id,
+                process.pid,
+            )
+            return
         logger.error(
             "worker process %s (pid %s) exited with code %s holding %s invocation(s); they "
             "will be claimed again, and a new process replaces it",

@@ -34,7 +34,10 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 from pynenc_lite.backend.base import ClaimedInvocation, Outcome, WorkerInfo
 from pynenc_lite.runner.base import BaseRunner
-from pynenc_lite.runner.execution import run_claimed
+from pynenc_lite import cron
+from pynenc_lite.errors import TaskTimeLimitError
+from pynenc_lite.options import TaskOptions
+from pynenc_lite.runner.execution import failure_outcome, run_claimed, running_for
 
 if TYPE_CHECKING:
     from pynenc_lite.app import Pynenc
@@ -44,6 +47,26 @@ logger = logging.getLogger(__name__)
 # How often an idle dispatcher looks for work that no notification announces (leases that
 # expired, retries whose time came).
 IDLE_CHECK_SECONDS = 1.0
+# How often cron schedules are checked (each moment still fires once, whoever checks).
+CRON_CHECK_SECONDS = 0.5
+# Exit code of a worker process that ended itself to stop a task (time limit, cancel).
+EXIT_HARD_STOP = 75
+
+
+class _Running:
+    """One claimed invocation handed to a worker thread. Fields after `claimed` change only
+    under the runner's condition."""
+
+    def __init__(self, claimed: ClaimedInvocation, worker_id: str, app: Pynenc, now: float) -> None:
+        self.claimed = claimed
+        self.info = running_for(claimed, worker_id)
+        try:
+            self.options = app.resolve_task(claimed.task_name).options
+        except Exception:
+            self.options = TaskOptions()  # run_claimed reports why the task is missing
+        limit = self.options.time_limit_seconds
+        self.deadline = None if limit is None else now + limit
+        self.abandoned = False  # its outcome was decided elsewhere: drop the thread's own
 
 
 def new_worker_id(suffix: str = "") -> str:
@@ -63,6 +86,8 @@ class ThreadRunner(BaseRunner):
         threads: worker threads (default: `max_threads` from the configuration).
         worker_id: the id this runner claims under (default: a new one per `run()`); a
             process runner names its children so it can recover their work if they die.
+        hard_stop: end this whole process to stop a task past its time limit or cancelled
+            while running (set by the process runner in its worker processes).
         clock: the wall clock (seconds since the epoch); tests can pass a fake one.
     """
 
@@ -72,10 +97,12 @@ class ThreadRunner(BaseRunner):
         *,
         threads: Optional[int] = None,
         worker_id: Optional[str] = None,
+        hard_stop: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__()
         self.app = app
+        self.hard_stop = hard_stop
         self.threads = int(threads if threads is not None else app.conf.max_threads)
         if self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
@@ -91,7 +118,10 @@ class ThreadRunner(BaseRunner):
         self._work_hint = True  # work may be waiting: worth a claim when a thread is idle
         self._stopping = False
         self._force = False
-        self._queue: queue.SimpleQueue[Optional[ClaimedInvocation]] = queue.SimpleQueue()
+        self._running: dict[str, _Running] = {}  # invocation id -> what runs it
+        self._hard_stop_reason = ""
+        self._next_due: Optional[float] = None  # earliest delayed run or retry (dispatcher only)
+        self._queue: queue.SimpleQueue[Optional[_Running]] = queue.SimpleQueue()
         self._stop_heartbeat = threading.Event()
         self._dispatcher_done = threading.Event()
 
@@ -113,6 +143,8 @@ class ThreadRunner(BaseRunner):
         try:
             with self._cond:
                 self._outcomes = []
+                self._running = {}
+                self._hard_stop_reason = ""
                 self._idle, self._active = self.threads, 0
                 self._work_hint, self._stopping, self._force = True, False, False
             self.worker_id = self._fixed_worker_id or new_worker_id()
@@ -137,7 +169,7 @@ class ThreadRunner(BaseRunner):
         info = WorkerInfo(
             self.worker_id, app.app_id, socket.gethostname(), os.getpid(), self.threads, self.clock()
         )
-        backend.heartbeat(info, self.clock(), app.conf.lease_seconds)
+        backend.heartbeat(info, [], self.clock(), app.conf.lease_seconds)
         workers = [
             threading.Thread(target=self._work, name=f"pynenc-lite-worker-{i}", daemon=True)
             for i in range(self.threads)
@@ -185,35 +217,107 @@ class ThreadRunner(BaseRunner):
 
     def _dispatch_loop(self, burst: bool) -> None:
         c = self.app.conf
-        deadline: Optional[float] = None  # end of the grace period, once stopping
+        has_cron = any(t.options.cron for t in self.app.tasks.values()) and not burst
+        next_cron = self.clock()
+        grace_end: Optional[float] = None  # once stopping
         while True:
+            now = self.clock()
+            self._enforce_time_limits(now)
+            if has_cron and now >= next_cron:
+                next_cron = now + CRON_CHECK_SECONDS
+                self._fire_cron(now)
             with self._cond:
                 while True:
-                    if self._outcomes:
+                    if self._outcomes or self._hard_stop_reason:
                         break
                     if self._stopping:
-                        if deadline is None:
-                            deadline = time.monotonic() + c.shutdown_grace_seconds
-                        if self._active == 0 or self._force or time.monotonic() >= deadline:
+                        if grace_end is None:
+                            grace_end = time.monotonic() + c.shutdown_grace_seconds
+                        if self._active == 0 or self._force or time.monotonic() >= grace_end:
                             return
-                        self._cond.wait(deadline - time.monotonic())
+                        self._cond.wait(grace_end - time.monotonic())
                         continue
                     if self._idle and self._work_hint:
                         break
                     if burst and self._active == 0:
                         return
-                    if not self._cond.wait(IDLE_CHECK_SECONDS):
+                    timeout = self._next_wake(now, next_cron if has_cron else None)
+                    if timeout <= 0:
+                        self._work_hint = True  # something came due: look at everything
+                        break
+                    if not self._cond.wait(timeout):
                         self._work_hint = True  # look for expired leases and due retries
+                    now = self.clock()
                 outcomes, self._outcomes = self._outcomes, []
                 want = 0 if self._stopping else self._idle
-                if want:
+                if want and self._work_hint:
                     self._work_hint = False  # a hint arriving from now on asks again
+                else:
+                    want = 0
+                hard_stop = self._hard_stop_reason
             if outcomes:
                 self._store(outcomes)
+            if hard_stop:
+                self._stop_process(hard_stop)
             if want:
                 claimed = self._claim(want)
                 if len(claimed) == want:
                     self._hint_work()  # the claim was full: more may be waiting
+                else:
+                    self._next_due = self._read_next_due()
+
+    def _read_next_due(self) -> Optional[float]:
+        try:
+            return self.app.backend.next_run_at(self.app.app_id)
+        except Exception:
+            logger.exception("reading the next delayed run failed")
+            return None
+
+    def _next_wake(self, now: float, next_cron: Optional[float]) -> float:
+        """Seconds until the dispatcher must look again without being notified: a delayed
+        run or retry coming due, a time limit, a cron check, or the periodic look for
+        expired leases."""
+        times = [now + IDLE_CHECK_SECONDS]
+        if self._next_due is not None and self._next_due > now:
+            times.append(self._next_due)
+        times += [r.deadline for r in self._running.values() if r.deadline is not None]
+        if next_cron is not None:
+            times.append(next_cron)
+        return min(times) - now
+
+    def _enforce_time_limits(self, now: float) -> None:
+        """Fail every invocation past its time limit (the caller is released at once)."""
+        with self._cond:
+            late = [
+                r for r in self._running.values()
+                if r.deadline is not None and r.deadline <= now and not r.abandoned
+            ]
+            for r in late:
+                r.abandoned = True  # the thread's own outcome, if it ever comes, is dropped
+                r.info.cancelled.set()  # a cooperative task can notice and return
+                assert r.options.time_limit_seconds is not None
+                error = TaskTimeLimitError(
+                    f"task {r.claimed.task_name} exceeded its time limit of "
+                    f"{r.options.time_limit_seconds}s (invocation {r.claimed.invocation_id})"
+                )
+                self._outcomes.append(failure_outcome(r.claimed, r.options, error, now))
+                if self.hard_stop:
+                    self._hard_stop_reason = str(error)
+                else:
+                    logger.warning(
+                        "%s; a thread cannot be stopped, so it runs on and its result will be "
+                        "discarded (use a process runner to end it for real)",
+                        error,
+                    )
+
+    def _fire_cron(self, now: float) -> None:
+        try:
+            fired = cron.fire_due(self.app, now, self.app.conf.cron_catch_up)
+        except Exception:
+            logger.exception("firing cron tasks failed; trying again shortly")
+            return
+        if fired:
+            self._hint_work()
 
     def _store(self, outcomes: list[Outcome]) -> None:
         try:
@@ -225,17 +329,21 @@ class ThreadRunner(BaseRunner):
             return
         hub = self.app.hub
         for outcome, accepted in zip(outcomes, flags):
-            if accepted:
+            if accepted and outcome.status.is_final():
                 hub.resolve(outcome)
+            elif accepted and outcome.retry_at is not None:
+                due = self._next_due
+                self._next_due = outcome.retry_at if due is None else min(due, outcome.retry_at)
 
     def _claim(self, limit: int) -> list[ClaimedInvocation]:
         c = self.app.conf
+        now = self.clock()
         try:
             claimed = self.app.backend.claim(
                 app_id=self.app.app_id,
                 worker_id=self.worker_id,
                 limit=limit,
-                now=self.clock(),
+                now=now,
                 lease_seconds=c.lease_seconds,
                 max_lost_attempts=c.max_lost_attempts,
             )
@@ -243,21 +351,28 @@ class ThreadRunner(BaseRunner):
             logger.exception("claiming work failed; trying again within %ss", IDLE_CHECK_SECONDS)
             return []
         if claimed:
+            entries = [_Running(item, self.worker_id, self.app, now) for item in claimed]
             with self._cond:
                 self._idle -= len(claimed)
                 self._active += len(claimed)
-            for item in claimed:
-                self._queue.put(item)
+                for entry in entries:
+                    self._running[entry.claimed.invocation_id] = entry
+            for entry in entries:
+                self._queue.put(entry)
         return claimed
 
     def _work(self) -> None:
         while True:
-            item = self._queue.get()
-            if item is None:
+            entry = self._queue.get()
+            if entry is None:
                 return
-            outcome = run_claimed(self.app, item, item.attempt, self.worker_id)
+            outcome = run_claimed(
+                self.app, entry.claimed, self.worker_id, self.clock, running=entry.info
+            )
             with self._cond:
-                self._outcomes.append(outcome)
+                self._running.pop(entry.claimed.invocation_id, None)
+                if not entry.abandoned:
+                    self._outcomes.append(outcome)
                 self._idle += 1
                 self._active -= 1
                 self._cond.notify_all()
@@ -266,10 +381,48 @@ class ThreadRunner(BaseRunner):
         c = self.app.conf
         backend = self.app.backend
         while not self._stop_heartbeat.wait(c.heartbeat_interval_seconds):
+            with self._cond:
+                running = list(self._running)
             try:
-                backend.heartbeat(info, self.clock(), c.lease_seconds)
+                lost = backend.heartbeat(info, running, self.clock(), c.lease_seconds)
             except Exception:
                 logger.exception("heartbeat of %s failed; will try again", self.worker_id)
+                continue
+            if lost:
+                self._on_lost(lost)
+
+    def _on_lost(self, invocation_ids: list[str]) -> None:
+        """Invocations we run that are no longer ours (cancelled, or taken over)."""
+        with self._cond:
+            for invocation_id in invocation_ids:
+                entry = self._running.get(invocation_id)
+                if entry is None or entry.abandoned:
+                    continue
+                entry.abandoned = True
+                entry.info.cancelled.set()
+                logger.info(
+                    "invocation %s of %s is no longer ours while it runs (cancelled?); %s",
+                    invocation_id,
+                    entry.claimed.task_name,
+                    "ending this worker process to stop it" if self.hard_stop
+                    else "flagged for the task to notice (a thread cannot be stopped)",
+                )
+                if self.hard_stop:
+                    self._hard_stop_reason = f"invocation {invocation_id} was cancelled"
+            self._cond.notify_all()
+
+    def _stop_process(self, reason: str) -> None:
+        """Hard stop (process runner children only): hand back our other work and end this
+        process, which is the only way to stop a running Python thread. The supervisor
+        starts a replacement."""
+        logger.warning("%s: ending worker process %d; its other work is handed back", reason, os.getpid())
+        self._stop_heartbeat.set()
+        try:
+            self.app.backend.release(self.worker_id)
+            self.app.backend.remove_worker(self.worker_id)
+        finally:
+            logging.shutdown()
+            os._exit(EXIT_HARD_STOP)
 
     # -- stopping ---------------------------------------------------------------------------
 

@@ -1,0 +1,158 @@
+"""Per-task options given to the decorators (`@app.task(max_retries=3, ...)`), checked once
+at decoration time, and the retry policy they define.
+
+    max_retries              retries after the first failure (default 0: none)
+    retry_for                exception classes (or dotted names) that are retried; RetryError
+                             raised by the task is always retried while retries are left
+    retry_delay_seconds      first delay; then times retry_backoff per retry, capped at
+    retry_backoff            retry_max_delay_seconds, and spread by +/- retry_jitter (a
+    retry_max_delay_seconds  fraction), so many failing tasks do not retry in lock-step
+    retry_jitter
+    time_limit_seconds       fail the invocation (TaskTimeLimitError) when it runs longer
+    cron                     a 5-field cron expression: the runners call the task on it
+
+pynenc's other task options are accepted and ignored with one warning each, so a pynenc
+decorator keeps working. Anything else is a TypeError naming the accepted options.
+"""
+
+from __future__ import annotations
+
+import builtins
+import dataclasses
+import importlib
+import logging
+import random
+from typing import Any, Optional, Union
+
+from pynenc_lite.errors import RetryError
+
+logger = logging.getLogger(__name__)
+
+ExceptionSpec = Union[type, str]
+
+# pynenc task options that pynenc_lite accepts without acting on them.
+PYNENC_ONLY_OPTIONS = frozenset(
+    {
+        "running_concurrency",
+        "registration_concurrency",
+        "key_arguments",
+        "on_diff_non_key_args_raise",
+        "call_result_cache",
+        "disable_cache_args",
+        "force_new_workflow",
+        "reroute_on_concurrency_control",
+        "parallel_batch_size",
+    }
+)
+_warned: set[str] = set()
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskOptions:
+    """The checked options of one task (see the module docstring for each)."""
+
+    max_retries: int = 0
+    retry_for: tuple[ExceptionSpec, ...] = ()
+    retry_delay_seconds: float = 1.0
+    retry_backoff: float = 2.0
+    retry_max_delay_seconds: float = 300.0
+    retry_jitter: float = 0.1
+    time_limit_seconds: Optional[float] = None
+    cron: Optional[str] = None
+
+    @classmethod
+    def from_decorator(cls, task_name: str, options: dict[str, Any]) -> TaskOptions:
+        """Check decorator keyword arguments.
+
+        Raises:
+            TypeError: an unknown option; ValueError: a bad value (both name the option).
+        """
+        known = {f.name for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        for name, value in options.items():
+            if name in known:
+                values[name] = value
+            elif name in PYNENC_ONLY_OPTIONS:
+                if name not in _warned:
+                    _warned.add(name)
+                    logger.warning(
+                        "task option %r (used by %s) is accepted for pynenc compatibility "
+                        "but not acted on by pynenc_lite",
+                        name,
+                        task_name,
+                    )
+            else:
+                raise TypeError(
+                    f"unknown task option {name!r} for {task_name}; accepted: "
+                    f"{', '.join(sorted(known))}, parallel_func and aggregate_func "
+                    "(direct_task), and pynenc's other option names (ignored)"
+                )
+        if "retry_for" in values:
+            spec = values["retry_for"]
+            values["retry_for"] = tuple(spec) if isinstance(spec, (list, tuple)) else (spec,)
+        opts = cls(**values)
+        opts._check(task_name)
+        return opts
+
+    def _check(self, task_name: str) -> None:
+        def bad(name: str, expected: str) -> ValueError:
+            return ValueError(
+                f"task {task_name}: option {name} must be {expected}, got {getattr(self, name)!r}"
+            )
+
+        if not isinstance(self.max_retries, int) or self.max_retries < 0:
+            raise bad("max_retries", "a whole number >= 0")
+        for name in ("retry_delay_seconds", "retry_max_delay_seconds", "retry_jitter"):
+            if not isinstance(getattr(self, name), (int, float)) or getattr(self, name) < 0:
+                raise bad(name, "a number >= 0")
+        if not isinstance(self.retry_backoff, (int, float)) or self.retry_backoff < 1:
+            raise bad("retry_backoff", "a number >= 1")
+        if self.time_limit_seconds is not None and not (
+            isinstance(self.time_limit_seconds, (int, float)) and self.time_limit_seconds > 0
+        ):
+            raise bad("time_limit_seconds", "None or a number of seconds > 0")
+        for spec in self.retry_for:
+            if isinstance(spec, str):
+                continue  # a dotted name, resolved when first needed (it may import late)
+            if not (isinstance(spec, type) and issubclass(spec, BaseException)):
+                raise bad("retry_for", "exception classes or their dotted names")
+        if self.cron is not None:
+            from pynenc_lite.cron import CronSchedule
+
+            CronSchedule(self.cron)  # raises CronError naming the bad field
+
+    def should_retry(self, exc: BaseException, retries_done: int) -> bool:
+        """True when `exc` is retryable and retries are left."""
+        if retries_done >= self.max_retries:
+            return False
+        return isinstance(exc, (RetryError, *self._retry_classes()))
+
+    def retry_delay(self, retries_done: int, exc: Optional[BaseException] = None) -> float:
+        """Seconds to wait before retry number `retries_done + 1`."""
+        if isinstance(exc, RetryError) and exc.delay_seconds is not None:
+            return max(0.0, exc.delay_seconds)
+        base = self.retry_delay_seconds * self.retry_backoff**retries_done
+        delay = min(base, self.retry_max_delay_seconds)
+        return max(0.0, delay * (1 + self.retry_jitter * random.uniform(-1, 1)))
+
+    def _retry_classes(self) -> tuple[type, ...]:
+        return tuple(resolve_exception(spec) for spec in self.retry_for)
+
+
+def resolve_exception(spec: ExceptionSpec) -> type:
+    """An exception class from a class or a dotted name (`"builtins.ConnectionError"`, or
+    just `"ConnectionError"` for builtins).
+
+    Raises:
+        ValueError: the name does not lead to an exception class.
+    """
+    if isinstance(spec, type):
+        return spec
+    module_name, _, attr = spec.rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module_name) if module_name else builtins, attr)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"retry_for names {spec!r}, which cannot be imported: {exc}") from exc
+    if not (isinstance(found, type) and issubclass(found, BaseException)):
+        raise ValueError(f"retry_for names {spec!r}, which is not an exception class")
+    return found
