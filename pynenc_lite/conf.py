@@ -29,6 +29,7 @@ import math
 import os
 import sys
 import urllib.parse
+import zoneinfo
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, NamedTuple
@@ -61,6 +62,7 @@ class Field:
     check: Callable[[Any], bool] | None = None
     expected: str = ""  # what is accepted, when the type and minimum do not say it
     hint: str = ""  # appended to the error for a rejected value
+    secret: bool = False  # describe() and format_table() show "***" instead of the value
 
 
 def _same(*names: str) -> tuple[tuple[str, str], ...]:
@@ -70,6 +72,14 @@ def _same(*names: str) -> tuple[tuple[str, str], ...]:
 def _backend_choices(component: str) -> tuple[tuple[str, str], ...]:
     sqlite, mem = f"SQLite{component}", f"Mem{component}"
     return ((sqlite, sqlite), (mem, mem), ("sqlite", sqlite), ("memory", mem))
+
+
+def _is_timezone(value: str) -> bool:
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
 
 
 def _is_tcp_url(value: str) -> bool:
@@ -108,6 +118,13 @@ FIELDS: tuple[Field, ...] = (
           expected="'tcp://host:port' or 'tcps://host:port'"),
     Field("broker_secret_file", str, None,
           "Path to a file holding the shared secret for the TCP server.", optional=True),
+    Field("broker_secret", str, None,
+          "The shared secret for the TCP server itself, best given as env "
+          "PYNENC__BROKER_SECRET; wins over broker_secret_file. Shown as ***.",
+          optional=True, secret=True),
+    Field("broker_tls_ca_file", str, None,
+          "CA certificate (PEM) that signed the server's TLS certificate, for tcps:// URLs; "
+          "None trusts the system's CAs.", optional=True),
     Field("orchestrator_cls", str, "SQLiteOrchestrator",
           "pynenc compatibility, informational: pynenc_lite always uses one backend.",
           choices=_backend_choices("Orchestrator"), hint=_BACKEND_HINT),
@@ -154,6 +171,13 @@ FIELDS: tuple[Field, ...] = (
           "warning above).", optional=True, minimum=0.0),
     Field("logging_level", str, "INFO", "Level of the pynenc_lite loggers.",
           choices=_same("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")),
+    Field("cron_timezone", str, "UTC",
+          "Time zone in which cron expressions are read (an IANA name such as "
+          "'Europe/Madrid').", check=_is_timezone, expected="an IANA time zone name"),
+    Field("cron_catch_up", str, "once",
+          "After downtime, missed cron moments fire once in total ('once'), once each "
+          "('all', at most 100), or not at all unless under a minute late ('skip').",
+          choices=_same("once", "all", "skip")),
 )
 _FIELD_BY_NAME = {field.name: field for field in FIELDS}
 
@@ -265,6 +289,8 @@ class PynencConfig:
     sqlite_busy_timeout_seconds: float
     broker_url: str | None
     broker_secret_file: str | None
+    broker_secret: str | None
+    broker_tls_ca_file: str | None
     orchestrator_cls: str
     broker_cls: str
     state_backend_cls: str
@@ -280,6 +306,8 @@ class PynencConfig:
     no_worker_warning_seconds: float
     result_timeout_seconds: float | None
     logging_level: str
+    cron_timezone: str
+    cron_catch_up: str
 
     def __init__(
         self,
@@ -343,9 +371,9 @@ class PynencConfig:
         return {field.name: getattr(self, field.name) for field in FIELDS}
 
     def describe(self) -> list[tuple[str, object, str]]:
-        """Return (field, value, source) for every field, in table order."""
-        return [(field.name, getattr(self, field.name), self._sources[field.name])
-                for field in FIELDS]
+        """Return (field, value, source) for every field, in table order (secrets as "***")."""
+        return [(field.name, _shown(field, getattr(self, field.name)),
+                 self._sources[field.name]) for field in FIELDS]
 
     def format_table(self) -> str:
         """Return `describe()` as aligned text columns, for a command line."""
@@ -358,6 +386,10 @@ class PynencConfig:
 
 
 Config = PynencConfig
+
+
+def _shown(field: Field, value: object) -> object:
+    return "***" if field.secret and value is not None else value
 
 
 # --- reading the sources ----------------------------------------------------------------
@@ -574,7 +606,8 @@ def _expected(field: Field) -> str:
 
 def _bad_value_error(setting: _Setting) -> ConfigError:
     field = setting.field
-    return ConfigError(f"{field.name}: expected {_expected(field)}, got {setting.raw!r} "
+    raw = "***" if field.secret else repr(setting.raw)
+    return ConfigError(f"{field.name}: expected {_expected(field)}, got {raw} "
                        f"from {setting.origin}{field.hint}")
 
 
