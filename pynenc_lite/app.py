@@ -26,7 +26,7 @@ from pynenc_lite.conf import PynencConfig
 from pynenc_lite.errors import SerializationError, TaskNotFoundError
 from pynenc_lite.invocation import Invocation, LocalOutcome
 from pynenc_lite.task import Call, DirectTask, Task
-from pynenc_lite.runner.execution import run_coroutine_blocking
+from pynenc_lite.runner.execution import RunningInvocation, run_coroutine_blocking, running_as
 from pynenc_lite.waiting import Hub
 
 if TYPE_CHECKING:
@@ -274,10 +274,12 @@ class Pynenc:
         invocation_id = new_invocation_id()
         retries = 0
         while True:
+            running = RunningInvocation(invocation_id, task.name, retries + 1, retries, "inline")
             try:
-                value = task.func(*args, **kwargs)
-                if task.is_async:
-                    value = run_coroutine_blocking(value)
+                with running_as(running):
+                    value = task.func(*args, **kwargs)
+                    if task.is_async:
+                        value = run_coroutine_blocking(value)
                 if round_trip:
                     value = serializer.loads_value(
                         task.name, serializer.dumps_value(task.name, value)

@@ -9,12 +9,13 @@ Shared by the thread runner and the worker processes; it does no storage I/O.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import dataclasses
 import inspect
 import logging
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
 from pynenc_lite import serializer
 from pynenc_lite.backend.base import ClaimedInvocation, Outcome
@@ -75,8 +76,19 @@ def run_coroutine_blocking(coroutine: Any) -> Any:
 
 
 def current_invocation() -> Optional[RunningInvocation]:
-    """The invocation the calling code runs in, when called from inside a task on a runner."""
+    """The invocation the calling code runs in, when called from inside a task (on a
+    runner, or inline in sync mode)."""
     return _current.get()
+
+
+@contextlib.contextmanager
+def running_as(running: RunningInvocation) -> Iterator[RunningInvocation]:
+    """Make `running` the `current_invocation()` inside the block."""
+    token = _current.set(running)
+    try:
+        yield running
+    finally:
+        _current.reset(token)
 
 
 def run_claimed(
@@ -87,24 +99,21 @@ def run_claimed(
     running: Optional[RunningInvocation] = None,
 ) -> Outcome:
     """Run `claimed` in this thread and return its outcome (never raises an Exception)."""
-    running = running or running_for(claimed, worker_id)
-    token = _current.set(running)
     options = TaskOptions()
-    try:
-        task = app.resolve_task(claimed.task_name)
-        options = task.options
-        args, kwargs = serializer.loads_call(claimed.task_name, claimed.args)
-        value = task.func(*args, **kwargs)
-        if inspect.iscoroutine(value):
-            value = run_coroutine_blocking(value)
-        payload = serializer.dumps_value(claimed.task_name, value)
-        return Outcome(claimed.invocation_id, InvocationStatus.SUCCESS, payload)
-    except (Exception, SystemExit) as exc:
-        # SystemExit too: a task calling sys.exit() must fail its invocation, not end a
-        # worker thread silently.
-        return failure_outcome(claimed, options, exc, clock())
-    finally:
-        _current.reset(token)
+    with running_as(running or running_for(claimed, worker_id)):
+        try:
+            task = app.resolve_task(claimed.task_name)
+            options = task.options
+            args, kwargs = serializer.loads_call(claimed.task_name, claimed.args)
+            value = task.func(*args, **kwargs)
+            if inspect.iscoroutine(value):
+                value = run_coroutine_blocking(value)
+            payload = serializer.dumps_value(claimed.task_name, value)
+            return Outcome(claimed.invocation_id, InvocationStatus.SUCCESS, payload)
+        except (Exception, SystemExit) as exc:
+            # SystemExit too: a task calling sys.exit() must fail its invocation, not end
+            # a worker thread silently.
+            return failure_outcome(claimed, options, exc, clock())
 
 
 def running_for(claimed: ClaimedInvocation, worker_id: str) -> RunningInvocation:
