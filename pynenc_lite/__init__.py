@@ -15,6 +15,7 @@ from pynenc_lite.errors import (
     ConfigError,
     CronError,
     InvocationCancelledError,
+    InvocationNotFoundError,
     InvocationTimeoutError,
     PynencError,
     RemoteTaskError,
@@ -26,7 +27,7 @@ from pynenc_lite.errors import (
 )
 from pynenc_lite.cron import CronSchedule
 from pynenc_lite.invocation import Invocation, InvocationGroup
-from pynenc_lite.options import TaskOptions
+from pynenc_lite.options import ConcurrencyControlType, TaskOptions
 from pynenc_lite.runner import (
     ProcessRunner,
     RunningInvocation,
@@ -40,6 +41,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BackendError",
+    "ConcurrencyControlType",
     "ConfigError",
     "CronError",
     "CronSchedule",
@@ -47,6 +49,7 @@ __all__ = [
     "Invocation",
     "InvocationCancelledError",
     "InvocationGroup",
+    "InvocationNotFoundError",
     "InvocationStatus",
     "InvocationTimeoutError",
     "ProcessRunner",

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, TypeVar, Un
 from pynenc_lite import serializer
 from pynenc_lite.backend.base import Backend, NewInvocation
 from pynenc_lite.conf import PynencConfig
-from pynenc_lite.errors import SerializationError, TaskNotFoundError
+from pynenc_lite.errors import InvocationNotFoundError, TaskNotFoundError
 from pynenc_lite.invocation import Invocation, LocalOutcome
 from pynenc_lite.task import Call, DirectTask, Task
 from pynenc_lite.runner.execution import RunningInvocation, run_coroutine_blocking, running_as
@@ -236,34 +236,57 @@ class Pynenc:
             return [self._run_inline(task, args, kwargs) for args, kwargs in calls]
         now = time.time()
         records = [
-            NewInvocation(
-                new_invocation_id(),
-                self.app_id,
-                task.name,
-                serializer.dumps_call(task.name, args, kwargs),
-                now if run_at is None else run_at,
-                now,
-            )
+            self._new_invocation(task, args, kwargs, now, now if run_at is None else run_at)
             for args, kwargs in calls
         ]
         hub = self.hub
-        invocations = [
-            Invocation(
-                self,
-                task.name,
-                r.invocation_id,
-                hub.future_for(r.invocation_id, check_stored=False) if awaited else None,  # type: ignore[arg-type]
-            )
-            for r in records
-        ]
+        if awaited:
+            for r in records:
+                hub.future_for(r.invocation_id, check_stored=False)
         try:
-            self.backend.submit(records)
+            ids = self.backend.submit(records)
         except BaseException:
             for r in records:
                 hub.forget(r.invocation_id)
             raise
         hub.notify_work()
+        invocations = []
+        for record, invocation_id in zip(records, ids):
+            future = None
+            if awaited:
+                if invocation_id != record.invocation_id:
+                    # Registration concurrency: an equal call is already waiting; share it.
+                    hub.forget(record.invocation_id)
+                    future = hub.future_for(invocation_id)
+                else:
+                    future = hub.future_for(invocation_id, check_stored=False)
+            invocations.append(Invocation(self, task.name, invocation_id, future))  # type: ignore[arg-type]
         return invocations
+
+    def _new_invocation(
+        self, task: Task[Any], args: tuple[Any, ...], kwargs: dict[str, Any], now: float,
+        run_at: float,
+    ) -> NewInvocation:
+        options = task.options
+        keys: dict[str, Optional[str]] = {"registration": None, "running": None}
+        modes = {
+            "registration": options.registration_concurrency,
+            "running": options.running_concurrency,
+        }
+        if any(mode.value != "DISABLED" for mode in modes.values()):
+            arguments = task.arguments_by_name(args, kwargs)
+            keys = {k: options.concurrency_key(m, task.name, arguments) for k, m in modes.items()}
+        return NewInvocation(
+            new_invocation_id(),
+            self.app_id,
+            task.name,
+            serializer.dumps_call(task.name, args, kwargs),
+            run_at,
+            now,
+            registration_key=keys["registration"],
+            running_key=keys["running"],
+            running_limit=options.running_concurrency_limit,
+        )
 
     def _run_inline(self, task: Task[R], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Invocation[R]:
         import concurrent.futures
@@ -297,6 +320,13 @@ class Pynenc:
         future.set_result(outcome)
         return Invocation(self, task.name, invocation_id, future)
 
+    def purge(self) -> int:
+        """Delete everything stored for this app: invocations, results, history, cron state.
+
+        Returns how many invocations were deleted.
+        """
+        return self.backend.purge(self.app_id)
+
     def get_invocation(self, invocation_id: str) -> Invocation[Any]:
         """A handle on a stored invocation, by id (for example from another process).
 
@@ -305,8 +335,15 @@ class Pynenc:
         """
         record = self.backend.get_invocation(invocation_id)
         if record is None:
-            raise LookupError(f"no invocation {invocation_id!r} in {self.backend!r}")
+            raise InvocationNotFoundError(self._not_found(invocation_id))
         return Invocation(self, record.task_name, invocation_id)
+
+    def _not_found(self, invocation_id: str) -> str:
+        return (
+            f"invocation {invocation_id} is not stored in {self.backend!r}: it finished more "
+            f"than result_ttl_seconds ({self.conf.result_ttl_seconds:g}s) ago and was deleted, "
+            "the app's data was purged, or the id is wrong"
+        )
 
     # -- for runners ------------------------------------------------------------------------
 

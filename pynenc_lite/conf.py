@@ -171,6 +171,15 @@ FIELDS: tuple[Field, ...] = (
           "warning above).", optional=True, minimum=0.0),
     Field("logging_level", str, "INFO", "Level of the pynenc_lite loggers.",
           choices=_same("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")),
+    Field("result_ttl_seconds", float, 7 * 24 * 3600.0,
+          "How long finished invocations and their results are kept; workers then delete "
+          "them in small batches.", minimum=0.0, exclusive=True),
+    Field("argument_print_mode", str, "TRUNCATED",
+          "How task arguments appear in log lines: HIDDEN, KEYS (names only), FULL, or "
+          "TRUNCATED (each value cut at truncate_arguments_length).",
+          choices=_same("HIDDEN", "KEYS", "FULL", "TRUNCATED")),
+    Field("truncate_arguments_length", int, 32,
+          "Longest shown argument value when argument_print_mode is TRUNCATED.", minimum=1),
     Field("cron_timezone", str, "UTC",
           "Time zone in which cron expressions are read (an IANA name such as "
           "'Europe/Madrid').", check=_is_timezone, expected="an IANA time zone name"),
@@ -206,8 +215,7 @@ PYNENC_RENAMES = {"max_processes": "runner_processes", "num_processes": "runner_
 PYNENC_ONLY = frozenset({
     # ConfigPynenc
     "trigger_cls", "serializer_cls", "client_data_store_cls", "arg_cache_cls",
-    "trigger_task_modules", "print_arguments", "truncate_arguments_length",
-    "argument_print_mode", "cached_status_time", "compact_log_context", "truncate_log_ids",
+    "trigger_task_modules", "print_arguments", "cached_status_time", "compact_log_context", "truncate_log_ids",
     "log_use_colors", "log_stream", "log_format", "max_pending_seconds",
     "recover_pending_invocations_cron", "recover_running_invocations_cron",
     "runner_considered_dead_after_minutes", "atomic_service_interval_minutes",
@@ -306,6 +314,9 @@ class PynencConfig:
     no_worker_warning_seconds: float
     result_timeout_seconds: float | None
     logging_level: str
+    result_ttl_seconds: float
+    argument_print_mode: str
+    truncate_arguments_length: int
     cron_timezone: str
     cron_catch_up: str
 

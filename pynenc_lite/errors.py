@@ -87,3 +87,8 @@ class TaskTimeLimitError(PynencError, TimeoutError):
 
 class CronError(PynencError, ValueError):
     """A cron expression is malformed; the message names the field and the accepted values."""
+
+
+class InvocationNotFoundError(PynencError, LookupError):
+    """No such invocation is stored: its result expired (`result_ttl_seconds`), the app's
+    data was purged, or the id is wrong."""

@@ -21,8 +21,12 @@ import time
 from typing import TYPE_CHECKING, Any, Generic, Iterator, Optional, TypeVar, Union
 
 from pynenc_lite import serializer
-from pynenc_lite.backend.base import InvocationRecord, Outcome
-from pynenc_lite.errors import InvocationCancelledError, InvocationTimeoutError
+from pynenc_lite.backend.base import HistoryEntry, InvocationRecord, Outcome
+from pynenc_lite.errors import (
+    InvocationCancelledError,
+    InvocationNotFoundError,
+    InvocationTimeoutError,
+)
 from pynenc_lite.status import InvocationStatus
 
 if TYPE_CHECKING:
@@ -73,7 +77,11 @@ class Invocation(Generic[R]):
     def future(self) -> concurrent.futures.Future[AnyOutcome]:
         """The future that receives the outcome (registered with the hub on first use)."""
         if self._future is None:
-            self._future = self.app.hub.future_for(self.invocation_id)  # type: ignore[assignment]
+            future = self.app.hub.future_for(self.invocation_id)
+            if not future.done() and self.app.backend.get_invocation(self.invocation_id) is None:
+                self.app.hub.forget(self.invocation_id)
+                raise InvocationNotFoundError(self.app._not_found(self.invocation_id))
+            self._future = future  # type: ignore[assignment]
         assert self._future is not None
         return self._future
 
@@ -93,7 +101,7 @@ class Invocation(Generic[R]):
             return outcome.status
         record = self.record()
         if record is None:
-            raise LookupError(f"no stored invocation {self.invocation_id} for {self.task_name}")
+            raise InvocationNotFoundError(self.app._not_found(self.invocation_id))
         return record.status
 
     def record(self) -> Optional[InvocationRecord]:
@@ -101,6 +109,12 @@ class Invocation(Generic[R]):
         if self.app.conf.dev_mode_force_sync_tasks:
             return None
         return self.app.backend.get_invocation(self.invocation_id)
+
+    def history(self) -> list[HistoryEntry]:
+        """Every status change (status, time, worker), oldest first; empty for sync calls."""
+        if self.app.conf.dev_mode_force_sync_tasks:
+            return []
+        return self.app.backend.get_history(self.invocation_id)
 
     @property
     def attempts(self) -> int:

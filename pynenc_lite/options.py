@@ -10,6 +10,15 @@ at decoration time, and the retry policy they define.
     retry_jitter
     time_limit_seconds       fail the invocation (TaskTimeLimitError) when it runs longer
     cron                     a 5-field cron expression: the runners call the task on it
+    registration_concurrency a call matching an invocation still waiting to run returns
+                             that invocation instead of queueing another
+    running_concurrency      at most running_concurrency_limit matching invocations run at
+    running_concurrency_limit  once; the others wait their turn (nothing is dropped)
+    key_arguments            the argument names that make two calls "match" for KEYS
+
+What "matching" means is a ConcurrencyControlType: DISABLED (never), TASK (any call of the
+task), ARGUMENTS (same arguments), KEYS (same values of `key_arguments`). Both limits are
+enforced inside the database transaction that stores or claims, so processes cannot race.
 
 pynenc's other task options are accepted and ignored with one warning each, so a pynenc
 decorator keeps working. Anything else is a TypeError naming the accepted options.
@@ -19,8 +28,11 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
+import enum
+import hashlib
 import importlib
 import logging
+import pickle
 import random
 from typing import Any, Optional, Union
 
@@ -30,12 +42,18 @@ logger = logging.getLogger(__name__)
 
 ExceptionSpec = Union[type, str]
 
+class ConcurrencyControlType(str, enum.Enum):
+    """Which calls count as the same for concurrency control (pynenc's names)."""
+
+    DISABLED = "DISABLED"
+    TASK = "TASK"
+    ARGUMENTS = "ARGUMENTS"
+    KEYS = "KEYS"
+
+
 # pynenc task options that pynenc_lite accepts without acting on them.
 PYNENC_ONLY_OPTIONS = frozenset(
     {
-        "running_concurrency",
-        "registration_concurrency",
-        "key_arguments",
         "on_diff_non_key_args_raise",
         "call_result_cache",
         "disable_cache_args",
@@ -59,6 +77,10 @@ class TaskOptions:
     retry_jitter: float = 0.1
     time_limit_seconds: Optional[float] = None
     cron: Optional[str] = None
+    registration_concurrency: ConcurrencyControlType = ConcurrencyControlType.DISABLED
+    running_concurrency: ConcurrencyControlType = ConcurrencyControlType.DISABLED
+    running_concurrency_limit: int = 1
+    key_arguments: tuple[str, ...] = ()
 
     @classmethod
     def from_decorator(cls, task_name: str, options: dict[str, Any]) -> TaskOptions:
@@ -90,6 +112,20 @@ class TaskOptions:
         if "retry_for" in values:
             spec = values["retry_for"]
             values["retry_for"] = tuple(spec) if isinstance(spec, (list, tuple)) else (spec,)
+        if "key_arguments" in values:
+            keys = values["key_arguments"]
+            values["key_arguments"] = (keys,) if isinstance(keys, str) else tuple(keys)
+        for name in ("registration_concurrency", "running_concurrency"):
+            if name in values:
+                try:
+                    values[name] = ConcurrencyControlType(
+                        getattr(values[name], "value", values[name])
+                    )
+                except ValueError:
+                    raise ValueError(
+                        f"task {task_name}: option {name} must be one of "
+                        f"{[c.value for c in ConcurrencyControlType]}, got {values[name]!r}"
+                    ) from None
         opts = cls(**values)
         opts._check(task_name)
         return opts
@@ -116,10 +152,38 @@ class TaskOptions:
                 continue  # a dotted name, resolved when first needed (it may import late)
             if not (isinstance(spec, type) and issubclass(spec, BaseException)):
                 raise bad("retry_for", "exception classes or their dotted names")
+        if not isinstance(self.running_concurrency_limit, int) or self.running_concurrency_limit < 1:
+            raise bad("running_concurrency_limit", "a whole number >= 1")
+        uses_keys = ConcurrencyControlType.KEYS in (
+            self.registration_concurrency,
+            self.running_concurrency,
+        )
+        if uses_keys and not self.key_arguments:
+            raise bad("key_arguments", "the names of the arguments that form the key (KEYS)")
         if self.cron is not None:
             from pynenc_lite.cron import CronSchedule
 
             CronSchedule(self.cron)  # raises CronError naming the bad field
+
+    def concurrency_key(
+        self, mode: ConcurrencyControlType, task_name: str, arguments: dict[str, Any]
+    ) -> Optional[str]:
+        """The key under which calls count as the same for `mode` (None when DISABLED).
+
+        Args:
+            arguments: the call's arguments by name, defaults applied.
+        """
+        if mode is ConcurrencyControlType.DISABLED:
+            return None
+        if mode is ConcurrencyControlType.TASK:
+            return task_name
+        if mode is ConcurrencyControlType.KEYS:
+            arguments = {name: arguments.get(name) for name in self.key_arguments}
+        try:
+            data = pickle.dumps(sorted(arguments.items()), 4)
+        except Exception:
+            data = repr(sorted(arguments.items())).encode()
+        return f"{task_name}:{hashlib.sha256(data).hexdigest()[:32]}"
 
     def should_retry(self, exc: BaseException, retries_done: int) -> bool:
         """True when `exc` is retryable and retries are left."""

@@ -5,6 +5,7 @@
         └──── hand back ─────┘  └── lease expired: claimed again by another worker
     RETRY ──(its time comes)──► claimed like REGISTERED
     any non-final status ──cancel──► CANCELLED
+    FAILED ──requeue (admin)──► REGISTERED
 
 A claim starts the invocation in the same step: runners claim only as many invocations as
 they have idle threads, so there is no "claimed but waiting" state worth a transaction.
@@ -49,7 +50,7 @@ LEASED_STATUSES = frozenset({S.RUNNING})
 
 # target status -> statuses it may be entered from. The single source of truth.
 ALLOWED_TRANSITIONS: dict[InvocationStatus, frozenset[InvocationStatus]] = {
-    S.REGISTERED: LEASED_STATUSES,  # hand back on shutdown
+    S.REGISTERED: LEASED_STATUSES | {S.FAILED},  # hand back on shutdown; admin requeue
     S.RUNNING: CLAIMABLE_STATUSES | LEASED_STATUSES,  # claim; re-claim after lease expiry
     S.RETRY: LEASED_STATUSES,  # failed with retries left: queued again at its retry time
     S.SUCCESS: LEASED_STATUSES,

@@ -69,7 +69,14 @@ class Task(Generic[R]):
         self.name = f"{module}.{func.__qualname__}"
         self.options = TaskOptions.from_decorator(self.name, options)
         self.is_async = inspect.iscoroutinefunction(func)
+        self._signature = inspect.signature(func)
         functools.update_wrapper(self, func)
+        missing = set(self.options.key_arguments) - set(self._signature.parameters)
+        if missing:
+            raise ValueError(
+                f"task {self.name}: key_arguments {sorted(missing)} are not parameters of "
+                f"{self.name}{self._signature}"
+            )
         if "<locals>" in func.__qualname__:
             logger.warning(
                 "task %s is defined inside a function: only runners in this process can find "
@@ -86,6 +93,19 @@ class Task(Generic[R]):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Invocation[R]:
         return self.app.invoke(self, [(args, kwargs)], awaited=False)[0]
+
+    def arguments_by_name(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The call's arguments by parameter name, defaults applied.
+
+        Raises:
+            TypeError: they do not fit the function's signature (the message shows it).
+        """
+        try:
+            bound = self._signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"{self.name}{self._signature}: {exc}") from None
+        bound.apply_defaults()
+        return dict(bound.arguments)
 
     def call_later(self, countdown_seconds: float, *args: Any, **kwargs: Any) -> Invocation[R]:
         """Store a call that no worker starts before `countdown_seconds` from now.
@@ -157,7 +177,6 @@ class DirectTask(Task[R]):
             )
         self.parallel_func = parallel_func
         self.aggregate_func = aggregate_func
-        self._signature = inspect.signature(func)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         if self.is_async:
@@ -181,10 +200,6 @@ class DirectTask(Task[R]):
     def _calls(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Call]:
         if self.parallel_func is None:
             return [(args, kwargs)]
-        try:
-            bound = self._signature.bind(*args, **kwargs)
-        except TypeError as exc:
-            raise TypeError(f"{self.name}{self._signature}: {exc}") from None
-        bound.apply_defaults()
         where = f"parallel_func of {self.name}"
-        return [to_call(item, where) for item in self.parallel_func(dict(bound.arguments))]
+        arguments = self.arguments_by_name(args, kwargs)
+        return [to_call(item, where) for item in self.parallel_func(arguments)]

@@ -31,6 +31,12 @@ class NewInvocation:
     args: bytes
     run_at: float  # earliest time a worker may claim it
     created_at: float
+    # Concurrency control (see options.py): a call whose registration key matches an
+    # invocation still waiting to run is not stored again; at most `running_limit`
+    # invocations sharing a running key run at once.
+    registration_key: Optional[str] = None
+    running_key: Optional[str] = None
+    running_limit: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +90,39 @@ class InvocationRecord:
 
 
 @dataclasses.dataclass(frozen=True)
+class HistoryEntry:
+    """One status change of an invocation."""
+
+    status: InvocationStatus
+    at: float
+    worker_id: Optional[str]  # the worker that caused it, when one did
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerStatus:
+    """A worker as the database last heard of it."""
+
+    worker_id: str
+    hostname: str
+    pid: int
+    threads: int
+    started_at: float
+    last_heartbeat_at: float
+
+
+@dataclasses.dataclass(frozen=True)
+class AppStats:
+    """A snapshot of one app's queue, for `python -m pynenc_lite status`."""
+
+    app_id: str
+    counts_by_status: dict[str, int]
+    counts_by_task: dict[str, dict[str, int]]  # task name -> status -> count
+    oldest_waiting_since: Optional[float]  # run_at of the oldest runnable REGISTERED/RETRY
+    workers: list[WorkerStatus]
+    finished_last_minute: int
+
+
+@dataclasses.dataclass(frozen=True)
 class WorkerInfo:
     """A runner announcing itself in heartbeats."""
 
@@ -101,8 +140,13 @@ class Backend(abc.ABC):
     # -- callers ----------------------------------------------------------------------------
 
     @abc.abstractmethod
-    def submit(self, invocations: Sequence[NewInvocation]) -> None:
-        """Store new invocations as REGISTERED, all in one atomic unit."""
+    def submit(self, invocations: Sequence[NewInvocation]) -> list[str]:
+        """Store new invocations as REGISTERED, all in one atomic unit.
+
+        Returns the id that stands for each one: its own, or — when its registration key
+        matches an invocation of the app still waiting to run — that invocation's id (and
+        nothing new is stored for it).
+        """
 
     @abc.abstractmethod
     def get_outcomes(self, invocation_ids: Sequence[str]) -> list[Outcome]:
@@ -231,6 +275,53 @@ class Backend(abc.ABC):
         Returns a new token to pass next time. With `token=None` returns at once with a
         starting token. Spurious returns are allowed; missed changes are not.
         """
+
+    # -- operations -------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def get_history(self, invocation_id: str) -> list[HistoryEntry]:
+        """Every status change of the invocation, oldest first (empty if unknown)."""
+
+    @abc.abstractmethod
+    def get_args(self, invocation_id: str) -> Optional[bytes]:
+        """The pickled `(args, kwargs)` of an invocation, for inspection; None if unknown."""
+
+    @abc.abstractmethod
+    def list_invocations(
+        self,
+        app_id: str,
+        *,
+        status: Optional[InvocationStatus] = None,
+        task_name: Optional[str] = None,
+        limit: int = 50,
+    ) -> list[InvocationRecord]:
+        """The app's newest invocations first, optionally of one status and/or task."""
+
+    @abc.abstractmethod
+    def get_stats(self, app_id: str, now: float) -> AppStats:
+        """Counts by status and task, the oldest waiting work, workers, recent throughput."""
+
+    @abc.abstractmethod
+    def requeue(
+        self,
+        app_id: str,
+        *,
+        invocation_ids: Optional[Sequence[str]] = None,
+        task_name: Optional[str] = None,
+        now: float,
+    ) -> int:
+        """Put FAILED invocations of the app (those ids, or all of a task, or all) back to
+        REGISTERED, keeping their history. Returns how many were requeued."""
+
+    @abc.abstractmethod
+    def purge(self, app_id: str) -> int:
+        """Delete everything stored for the app (invocations, history, cron state, workers).
+        Returns how many invocations were deleted."""
+
+    @abc.abstractmethod
+    def purge_expired(self, app_id: str, finished_before: float, limit: int) -> int:
+        """Delete up to `limit` final invocations of the app that finished before
+        `finished_before`, with their history. Returns how many were deleted."""
 
     def close(self) -> None:
         """Release connections and sockets held by this backend (idempotent)."""

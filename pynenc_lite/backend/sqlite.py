@@ -33,12 +33,15 @@ import time
 from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar
 
 from pynenc_lite.backend.base import (
+    AppStats,
     Backend,
     ClaimedInvocation,
+    HistoryEntry,
     InvocationRecord,
     NewInvocation,
     Outcome,
     WorkerInfo,
+    WorkerStatus,
 )
 from pynenc_lite.errors import BackendError
 from pynenc_lite.status import (
@@ -69,6 +72,9 @@ CREATE TABLE IF NOT EXISTS invocations (
     attempts INTEGER NOT NULL DEFAULT 0,
     lost_attempts INTEGER NOT NULL DEFAULT 0,
     retries INTEGER NOT NULL DEFAULT 0,
+    registration_key TEXT,              -- concurrency control, see options.py
+    running_key TEXT,
+    running_limit INTEGER NOT NULL DEFAULT 1,
     created_at REAL NOT NULL,
     started_at REAL,
     finished_at REAL,
@@ -82,6 +88,20 @@ CREATE INDEX IF NOT EXISTS ix_invocations_lease
     ON invocations (app_id, lease_expires_at) WHERE lease_expires_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS ix_invocations_outcome
     ON invocations (outcome_seq) WHERE outcome_seq IS NOT NULL;
+CREATE INDEX IF NOT EXISTS ix_invocations_finished
+    ON invocations (app_id, finished_at) WHERE finished_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS ix_invocations_registration
+    ON invocations (app_id, registration_key) WHERE registration_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS ix_invocations_running
+    ON invocations (app_id, running_key) WHERE running_key IS NOT NULL;
+CREATE TABLE IF NOT EXISTS history (
+    seq INTEGER PRIMARY KEY,
+    invocation_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    at REAL NOT NULL,
+    worker_id TEXT
+);
+CREATE INDEX IF NOT EXISTS ix_history_invocation ON history (invocation_id);
 CREATE TABLE IF NOT EXISTS cron_state (
     app_id TEXT NOT NULL,
     task_name TEXT NOT NULL,
@@ -101,6 +121,8 @@ CREATE TABLE IF NOT EXISTS workers (
 
 _T = TypeVar("_T")
 
+# How deep a claim looks past invocations held back by their running limit.
+_MAX_CLAIM_SCAN = 4096
 # SQLite's default limit on host parameters was 999 before 3.32; stay under it.
 _MAX_PARAMS = 900
 
@@ -118,6 +140,23 @@ def _marks(n: int) -> str:
 def _chunks(items: Sequence[_T], size: int = _MAX_PARAMS) -> Iterator[Sequence[_T]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
+
+
+_RECORD_COLUMNS = (
+    "id, app_id, task_name, status, attempts, lost_attempts, retries, owner, "
+    "lease_expires_at, run_at, created_at, started_at, finished_at, error"
+)
+
+
+def _record(row: Sequence[Any]) -> InvocationRecord:
+    return InvocationRecord(row[0], row[1], row[2], InvocationStatus(row[3]), *row[4:])
+
+
+def _log(c: sqlite3.Connection, entries: Sequence[tuple[str, str, float, Optional[str]]]) -> None:
+    """Append (invocation id, status, time, worker) rows to the status history."""
+    c.executemany(
+        "INSERT INTO history (invocation_id, status, at, worker_id) VALUES (?, ?, ?, ?)", entries
+    )
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
@@ -266,20 +305,51 @@ class SQLiteBackend(Backend):
 
     # -- callers ----------------------------------------------------------------------------
 
-    def submit(self, invocations: Sequence[NewInvocation]) -> None:
-        if invocations:
-            self._write_txn(lambda c: self._insert(c, invocations))
+    def submit(self, invocations: Sequence[NewInvocation]) -> list[str]:
+        if not invocations:
+            return []
+        return self._write_txn(lambda c: self._insert(c, invocations))
 
     @staticmethod
-    def _insert(c: sqlite3.Connection, invocations: Sequence[NewInvocation]) -> None:
+    def _insert(c: sqlite3.Connection, invocations: Sequence[NewInvocation]) -> list[str]:
+        """Insert, except where a registration key matches an invocation still waiting:
+        then that one's id stands for the call. Runs inside the caller's write transaction,
+        so no other process can register the same key in between."""
+        ids = []
+        new = []
+        for i in invocations:
+            if i.registration_key is not None:
+                row = c.execute(
+                    "SELECT id FROM invocations WHERE app_id = ? AND registration_key = ? "
+                    "AND status = 'REGISTERED' LIMIT 1",
+                    (i.app_id, i.registration_key),
+                ).fetchone()
+                if row is not None:
+                    ids.append(row[0])
+                    continue
+                c.execute(  # inserted one by one: a later call of the batch may match it
+                    "INSERT INTO invocations (id, app_id, task_name, args, status, run_at, "
+                    "created_at, registration_key, running_key, running_limit) "
+                    "VALUES (?, ?, ?, ?, 'REGISTERED', ?, ?, ?, ?, ?)",
+                    (i.invocation_id, i.app_id, i.task_name, i.args, i.run_at, i.created_at,
+                     i.registration_key, i.running_key, i.running_limit),
+                )
+                ids.append(i.invocation_id)
+                continue
+            new.append(i)
+            ids.append(i.invocation_id)
         c.executemany(
-            "INSERT INTO invocations (id, app_id, task_name, args, status, run_at, created_at) "
-            "VALUES (?, ?, ?, ?, 'REGISTERED', ?, ?)",
+            "INSERT INTO invocations (id, app_id, task_name, args, status, run_at, created_at, "
+            "running_key, running_limit) VALUES (?, ?, ?, ?, 'REGISTERED', ?, ?, ?, ?)",
             [
-                (i.invocation_id, i.app_id, i.task_name, i.args, i.run_at, i.created_at)
-                for i in invocations
+                (i.invocation_id, i.app_id, i.task_name, i.args, i.run_at, i.created_at,
+                 i.running_key, i.running_limit)
+                for i in new
             ],
         )
+        # No history row here: the first entry, REGISTERED at created_at, is read from the
+        # invocation itself (see get_history), which saves a write per call.
+        return ids
 
     def get_outcomes(self, invocation_ids: Sequence[str]) -> list[Outcome]:
         outcomes = []
@@ -308,17 +378,9 @@ class SQLiteBackend(Backend):
 
     def get_invocation(self, invocation_id: str) -> Optional[InvocationRecord]:
         rows = self._read(
-            "SELECT id, app_id, task_name, status, attempts, lost_attempts, retries, owner, "
-            "lease_expires_at, run_at, created_at, started_at, finished_at, error "
-            "FROM invocations WHERE id = ?",
-            (invocation_id,),
+            f"SELECT {_RECORD_COLUMNS} FROM invocations WHERE id = ?", (invocation_id,)
         )
-        if not rows:
-            return None
-        r = rows[0]
-        return InvocationRecord(
-            r[0], r[1], r[2], InvocationStatus(r[3]), *r[4:]  # type: ignore[arg-type]
-        )
+        return _record(rows[0]) if rows else None
 
     def count_live_workers(self, app_id: str, since: float) -> int:
         rows = self._read(
@@ -372,17 +434,7 @@ class SQLiteBackend(Backend):
             if lost_for_good:
                 self._fail_lost(c, lost_for_good, max_lost_attempts, now)
             recovered = [seq for seq, lost in expired if lost + 1 < max_lost_attempts]
-            # One indexed query per status: an IN list with ORDER BY would sort every
-            # waiting row on each claim.
-            fresh: list[tuple[float, int]] = []
-            for status in _CLAIMABLE:
-                fresh += c.execute(
-                    "SELECT run_at, seq FROM invocations WHERE app_id = ? AND status = ? "
-                    "AND run_at <= ? ORDER BY run_at LIMIT ?",
-                    (app_id, status, now, limit - len(recovered)),
-                ).fetchall()
-            fresh.sort()
-            seqs = recovered + [seq for _, seq in fresh[: limit - len(recovered)]]
+            seqs = recovered + self._claimable(c, app_id, now, limit - len(recovered))
             if not seqs:
                 return []
             if recovered:
@@ -406,9 +458,56 @@ class SQLiteBackend(Backend):
                 f"WHERE seq IN ({_marks(len(seqs))}) ORDER BY run_at, seq",
                 seqs,
             ).fetchall()
+            _log(c, [(row[0], "RUNNING", now, worker_id) for row in rows])
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug(
+                    "worker %s claimed %d invocation(s) (%d recovered from lost workers), "
+                    "leased until %.3f",
+                    worker_id, len(rows), len(recovered), now + lease_seconds,
+                )
             return [ClaimedInvocation(*row) for row in rows]
 
         return self._write_txn(body)
+
+    @staticmethod
+    def _claimable(c: sqlite3.Connection, app_id: str, now: float, limit: int) -> list[int]:
+        """Up to `limit` runnable waiting invocations, oldest first, skipping those whose
+        running key already has `running_limit` invocations running."""
+        if limit <= 0:
+            return []
+        chosen: list[int] = []
+        running: dict[str, int] = {}  # running key -> how many run, counting this claim
+        offset, page = 0, limit
+        while len(chosen) < limit and offset < _MAX_CLAIM_SCAN:
+            # One indexed query per status: an IN list with ORDER BY would sort every
+            # waiting row on each claim.
+            rows: list[tuple[float, int, Optional[str], int]] = []
+            for status in _CLAIMABLE:
+                rows += c.execute(
+                    "SELECT run_at, seq, running_key, running_limit FROM invocations WHERE "
+                    "app_id = ? AND status = ? AND run_at <= ? ORDER BY run_at LIMIT ? OFFSET ?",
+                    (app_id, status, now, page, offset),
+                ).fetchall()
+            rows.sort()
+            for _, seq, key, key_limit in rows[:page]:
+                if key is not None:
+                    if key not in running:
+                        running[key] = c.execute(
+                            "SELECT COUNT(*) FROM invocations WHERE app_id = ? AND "
+                            "running_key = ? AND status = 'RUNNING'",
+                            (app_id, key),
+                        ).fetchone()[0]
+                    if running[key] >= key_limit:
+                        continue  # waits its turn; a finishing one lets it through
+                    running[key] += 1
+                chosen.append(seq)
+                if len(chosen) == limit:
+                    break
+            if len(rows) < page:
+                break  # nothing more is waiting
+            # Some were held back by their running limit: look further down the queue.
+            offset, page = offset + page, max(page * 2, 64)
+        return chosen
 
     def _fail_lost(
         self, c: sqlite3.Connection, seqs: list[int], max_lost_attempts: int, now: float
@@ -426,6 +525,8 @@ class SQLiteBackend(Backend):
             "outcome_seq = ? WHERE seq = ?",
             [(now, error, first + i, seq) for i, seq in enumerate(seqs)],
         )
+        ids = c.execute(f"SELECT id FROM invocations WHERE seq IN ({_marks(len(seqs))})", seqs)
+        _log(c, [(row[0], "FAILED", now, None) for row in ids.fetchall()])
         logger.error("%d invocation(s) failed: %s", len(seqs), error)
 
     @staticmethod
@@ -484,6 +585,14 @@ class SQLiteBackend(Backend):
                     )
                     seq += 1
                 accepted.append(cur.rowcount > 0)
+            _log(
+                c,
+                [
+                    (o.invocation_id, o.status.value, now, worker_id)
+                    for o, ok in zip(outcomes, accepted)
+                    if ok
+                ],
+            )
             return accepted
 
         if not outcomes:
@@ -517,7 +626,10 @@ class SQLiteBackend(Backend):
                     *sources,
                 ),
             )
-            return cur.rowcount > 0
+            if cur.rowcount == 0:
+                return False
+            _log(c, [(invocation_id, "CANCELLED", now, None)])
+            return True
 
         return self._write_txn(body)
 
@@ -560,13 +672,18 @@ class SQLiteBackend(Backend):
 
         def body(c: sqlite3.Connection) -> int:
             # `lease_expires_at IS NOT NULL` lets SQLite use the small partial lease index.
-            cur = c.execute(
+            held = "lease_expires_at IS NOT NULL AND owner = ? AND status IN "
+            params = (worker_id, *sources)
+            ids = c.execute(
+                f"SELECT id FROM invocations WHERE {held}({_marks(len(sources))})", params
+            ).fetchall()
+            c.execute(
                 "UPDATE invocations SET status = 'REGISTERED', owner = NULL, lease_expires_at "
-                "= NULL WHERE lease_expires_at IS NOT NULL AND owner = ? AND status IN "
-                f"({_marks(len(sources))})",
-                (worker_id, *sources),
+                f"= NULL WHERE {held}({_marks(len(sources))})",
+                params,
             )
-            return int(cur.rowcount)
+            _log(c, [(row[0], "REGISTERED", time.time(), worker_id) for row in ids])
+            return len(ids)
 
         return self._write_txn(body)
 
@@ -623,6 +740,171 @@ class SQLiteBackend(Backend):
         self._write_txn(
             lambda c: c.execute("DELETE FROM workers WHERE worker_id = ?", (worker_id,))
         )
+
+    # -- operations -------------------------------------------------------------------------
+
+    def get_history(self, invocation_id: str) -> list[HistoryEntry]:
+        created = self._read("SELECT created_at FROM invocations WHERE id = ?", (invocation_id,))
+        if not created:
+            return []
+        rows = self._read(
+            "SELECT status, at, worker_id FROM history WHERE invocation_id = ? ORDER BY seq",
+            (invocation_id,),
+        )
+        return [HistoryEntry(InvocationStatus.REGISTERED, created[0][0], None)] + [
+            HistoryEntry(InvocationStatus(r[0]), r[1], r[2]) for r in rows
+        ]
+
+    def get_args(self, invocation_id: str) -> Optional[bytes]:
+        rows = self._read("SELECT args FROM invocations WHERE id = ?", (invocation_id,))
+        return bytes(rows[0][0]) if rows else None
+
+    def list_invocations(
+        self,
+        app_id: str,
+        *,
+        status: Optional[InvocationStatus] = None,
+        task_name: Optional[str] = None,
+        limit: int = 50,
+    ) -> list[InvocationRecord]:
+        where, params = ["app_id = ?"], [app_id]
+        if status is not None:
+            where.append("status = ?")
+            params.append(InvocationStatus(status).value)
+        if task_name is not None:
+            where.append("task_name = ?")
+            params.append(task_name)
+        rows = self._read(
+            f"SELECT {_RECORD_COLUMNS} FROM invocations WHERE {' AND '.join(where)} "
+            "ORDER BY seq DESC LIMIT ?",
+            (*params, int(limit)),
+        )
+        return [_record(r) for r in rows]
+
+    def get_stats(self, app_id: str, now: float) -> AppStats:
+        conn = self._conn()
+
+        def read(c: sqlite3.Connection) -> AppStats:
+            by_task: dict[str, dict[str, int]] = {}
+            by_status: dict[str, int] = {}
+            for task, status, count in c.execute(
+                "SELECT task_name, status, COUNT(*) FROM invocations WHERE app_id = ? "
+                "GROUP BY task_name, status",
+                (app_id,),
+            ):
+                by_task.setdefault(task, {})[status] = count
+                by_status[status] = by_status.get(status, 0) + count
+            oldest = None
+            for status in _CLAIMABLE:
+                (first,) = c.execute(
+                    "SELECT MIN(run_at) FROM invocations WHERE app_id = ? AND status = ? "
+                    "AND run_at <= ?",
+                    (app_id, status, now),
+                ).fetchone()
+                if first is not None:
+                    oldest = first if oldest is None else min(oldest, first)
+            workers = [
+                WorkerStatus(*row)
+                for row in c.execute(
+                    "SELECT worker_id, hostname, pid, threads, started_at, last_heartbeat_at "
+                    "FROM workers WHERE app_id = ? ORDER BY worker_id",
+                    (app_id,),
+                )
+            ]
+            (recent,) = c.execute(
+                "SELECT COUNT(*) FROM invocations WHERE app_id = ? AND finished_at >= ?",
+                (app_id, now - 60.0),
+            ).fetchone()
+            return AppStats(app_id, by_status, by_task, oldest, workers, int(recent))
+
+        def consistent() -> AppStats:
+            conn.execute("BEGIN")  # one snapshot for every count
+            try:
+                return read(conn)
+            finally:
+                conn.execute("COMMIT")
+
+        return self._retry_busy(consistent)
+
+    def requeue(
+        self,
+        app_id: str,
+        *,
+        invocation_ids: Optional[Sequence[str]] = None,
+        task_name: Optional[str] = None,
+        now: float,
+    ) -> int:
+        where, params = ["app_id = ?", "status = 'FAILED'"], [app_id]
+        if task_name is not None:
+            where.append("task_name = ?")
+            params.append(task_name)
+
+        def body(c: sqlite3.Connection) -> int:
+            ids: list[str] = []
+            chunks = [None] if invocation_ids is None else list(_chunks(invocation_ids))
+            for chunk in chunks:
+                extra = "" if chunk is None else f" AND id IN ({_marks(len(chunk))})"
+                ids += [
+                    row[0]
+                    for row in c.execute(
+                        f"SELECT id FROM invocations WHERE {' AND '.join(where)}{extra}",
+                        (*params, *(chunk or ())),
+                    )
+                ]
+            for chunk in _chunks(ids):
+                c.execute(
+                    "UPDATE invocations SET status = 'REGISTERED', run_at = ?, owner = NULL, "
+                    "lease_expires_at = NULL, result = NULL, error = NULL, traceback = NULL, "
+                    "finished_at = NULL, outcome_seq = NULL, retries = 0, lost_attempts = 0 "
+                    f"WHERE id IN ({_marks(len(chunk))})",
+                    (now, *chunk),
+                )
+            _log(c, [(i, "REGISTERED", now, None) for i in ids])
+            return len(ids)
+
+        return self._write_txn(body)
+
+    def purge(self, app_id: str) -> int:
+        def body(c: sqlite3.Connection) -> int:
+            c.execute(
+                "DELETE FROM history WHERE invocation_id IN "
+                "(SELECT id FROM invocations WHERE app_id = ?)",
+                (app_id,),
+            )
+            cur = c.execute("DELETE FROM invocations WHERE app_id = ?", (app_id,))
+            c.execute("DELETE FROM cron_state WHERE app_id = ?", (app_id,))
+            c.execute("DELETE FROM workers WHERE app_id = ?", (app_id,))
+            return int(cur.rowcount)
+
+        return self._write_txn(body)
+
+    def purge_expired(self, app_id: str, finished_before: float, limit: int) -> int:
+        def body(c: sqlite3.Connection) -> int:
+            rows = c.execute(
+                "SELECT seq, id FROM invocations WHERE app_id = ? AND finished_at < ? "
+                "ORDER BY finished_at LIMIT ?",
+                (app_id, finished_before, limit),
+            ).fetchall()
+            if not rows:
+                return 0
+            for chunk in _chunks(rows):
+                c.execute(
+                    f"DELETE FROM history WHERE invocation_id IN ({_marks(len(chunk))})",
+                    [row[1] for row in chunk],
+                )
+                c.execute(
+                    f"DELETE FROM invocations WHERE seq IN ({_marks(len(chunk))})",
+                    [row[0] for row in chunk],
+                )
+            return len(rows)
+
+        # A cheap read first: most checks find nothing to delete and need no write lock.
+        if not self._read(
+            "SELECT EXISTS (SELECT 1 FROM invocations WHERE app_id = ? AND finished_at < ?)",
+            (app_id, finished_before),
+        )[0][0]:
+            return 0
+        return self._write_txn(body)
 
     # -- waiting ----------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ import dataclasses
 import inspect
 import logging
 import threading
+import time
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
 from pynenc_lite import serializer
@@ -100,20 +101,65 @@ def run_claimed(
 ) -> Outcome:
     """Run `claimed` in this thread and return its outcome (never raises an Exception)."""
     options = TaskOptions()
+    started = time.perf_counter()
+    log = logger.isEnabledFor(logging.INFO)
     with running_as(running or running_for(claimed, worker_id)):
         try:
             task = app.resolve_task(claimed.task_name)
             options = task.options
             args, kwargs = serializer.loads_call(claimed.task_name, claimed.args)
+            if log:
+                logger.info(
+                    "start %s %s attempt %d (%s)",
+                    claimed.task_name,
+                    claimed.invocation_id[:8],
+                    claimed.attempt,
+                    describe_arguments(task, args, kwargs, app.conf),
+                )
             value = task.func(*args, **kwargs)
             if inspect.iscoroutine(value):
                 value = run_coroutine_blocking(value)
             payload = serializer.dumps_value(claimed.task_name, value)
-            return Outcome(claimed.invocation_id, InvocationStatus.SUCCESS, payload)
+            outcome = Outcome(claimed.invocation_id, InvocationStatus.SUCCESS, payload)
         except (Exception, SystemExit) as exc:
             # SystemExit too: a task calling sys.exit() must fail its invocation, not end
             # a worker thread silently.
-            return failure_outcome(claimed, options, exc, clock())
+            outcome = failure_outcome(claimed, options, exc, clock())
+    if log:
+        logger.info(
+            "finish %s %s attempt %d in %.3fs: %s%s",
+            claimed.task_name,
+            claimed.invocation_id[:8],
+            claimed.attempt,
+            time.perf_counter() - started,
+            outcome.status,
+            f" ({outcome.error})" if outcome.error else "",
+        )
+    return outcome
+
+
+def describe_arguments(
+    task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], conf: Any
+) -> str:
+    """The arguments for a log line, as `argument_print_mode` allows: HIDDEN, KEYS (names
+    only), FULL, or TRUNCATED (each value cut at `truncate_arguments_length`)."""
+    mode = conf.argument_print_mode
+    if mode == "HIDDEN":
+        return "arguments hidden"
+    try:
+        named = task.arguments_by_name(args, kwargs)
+    except TypeError:
+        named = {**{str(i): a for i, a in enumerate(args)}, **kwargs}
+    if mode == "KEYS":
+        return ", ".join(named)
+    limit = conf.truncate_arguments_length
+    shown = []
+    for name, value in named.items():
+        text = repr(value)
+        if mode == "TRUNCATED" and len(text) > limit:
+            text = text[:limit] + "..."
+        shown.append(f"{name}={text}")
+    return ", ".join(shown)
 
 
 def running_for(claimed: ClaimedInvocation, worker_id: str) -> RunningInvocation:

@@ -49,6 +49,10 @@ logger = logging.getLogger(__name__)
 IDLE_CHECK_SECONDS = 1.0
 # How often cron schedules are checked (each moment still fires once, whoever checks).
 CRON_CHECK_SECONDS = 0.5
+# How often finished invocations past result_ttl_seconds are looked for, and how many are
+# deleted per transaction (small, so a purge never holds the write lock for long).
+EXPIRY_CHECK_SECONDS = 5.0
+EXPIRY_BATCH = 200
 # Exit code of a worker process that ended itself to stop a task (time limit, cancel).
 EXIT_HARD_STOP = 75
 
@@ -218,7 +222,7 @@ class ThreadRunner(BaseRunner):
     def _dispatch_loop(self, burst: bool) -> None:
         c = self.app.conf
         has_cron = any(t.options.cron for t in self.app.tasks.values()) and not burst
-        next_cron = self.clock()
+        next_cron = next_expiry = self.clock()
         grace_end: Optional[float] = None  # once stopping
         while True:
             now = self.clock()
@@ -226,6 +230,11 @@ class ThreadRunner(BaseRunner):
             if has_cron and now >= next_cron:
                 next_cron = now + CRON_CHECK_SECONDS
                 self._fire_cron(now)
+            if now >= next_expiry:
+                full = self._expire_results(now)
+                # Short time-to-live (tests, tiny disks): look as often as results expire.
+                interval = min(EXPIRY_CHECK_SECONDS, c.result_ttl_seconds)
+                next_expiry = now + (0.0 if full else interval)
             with self._cond:
                 while True:
                     if self._outcomes or self._hard_stop_reason:
@@ -257,6 +266,8 @@ class ThreadRunner(BaseRunner):
                 hard_stop = self._hard_stop_reason
             if outcomes:
                 self._store(outcomes)
+                # A finished invocation may let one held back by its running limit through.
+                want = want or (0 if self._stopping else self._idle)
             if hard_stop:
                 self._stop_process(hard_stop)
             if want:
@@ -309,6 +320,20 @@ class ThreadRunner(BaseRunner):
                         "discarded (use a process runner to end it for real)",
                         error,
                     )
+
+    def _expire_results(self, now: float) -> bool:
+        """Delete one small batch of results older than `result_ttl_seconds`.
+        Returns True when the batch was full (more may be waiting)."""
+        try:
+            deleted = self.app.backend.purge_expired(
+                self.app.app_id, now - self.app.conf.result_ttl_seconds, EXPIRY_BATCH
+            )
+        except Exception:
+            logger.exception("deleting expired results failed; trying again later")
+            return False
+        if deleted:
+            logger.debug("deleted %d expired invocation(s)", deleted)
+        return deleted == EXPIRY_BATCH
 
     def _fire_cron(self, now: float) -> None:
         try:
