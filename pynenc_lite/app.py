@@ -250,7 +250,7 @@ class Pynenc:
                 hub.forget(r.invocation_id)
             raise
         hub.notify_work()
-        invocations = []
+        invocations: list[Invocation[R]] = []
         for record, invocation_id in zip(records, ids):
             future = None
             if awaited:

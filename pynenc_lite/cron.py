@@ -34,7 +34,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-_FIELDS = (
+_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+_WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+_FIELDS: tuple[tuple[str, int, int, dict[str, int]], ...] = (
     ("minute", 0, 59, {}),
     ("hour", 0, 23, {}),
     ("day of month", 1, 31, {}),
@@ -42,9 +44,9 @@ _FIELDS = (
         "month",
         1,
         12,
-        {m: i + 1 for i, m in enumerate("jan feb mar apr may jun jul aug sep oct nov dec".split())},
+        {m: i + 1 for i, m in enumerate(_MONTHS)},
     ),
-    ("day of week", 0, 7, {d: i for i, d in enumerate("sun mon tue wed thu fri sat".split())}),
+    ("day of week", 0, 7, {d: i for i, d in enumerate(_WEEKDAYS)}),
 )
 CATCH_UP_MODES = ("once", "all", "skip")
 MAX_CATCH_UP = 100

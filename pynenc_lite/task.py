@@ -178,7 +178,7 @@ class DirectTask(Task[R]):
         self.parallel_func = parallel_func
         self.aggregate_func = aggregate_func
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.is_async:
             return self._call_async(args, kwargs)
         invocations = self.app.invoke(self, self._calls(args, kwargs), awaited=True)

@@ -352,7 +352,7 @@ class SQLiteBackend(Backend):
         return ids
 
     def get_outcomes(self, invocation_ids: Sequence[str]) -> list[Outcome]:
-        outcomes = []
+        outcomes: list[Outcome] = []
         for chunk in _chunks(invocation_ids):
             rows = self._read(
                 "SELECT id, status, result, error, traceback FROM invocations "
