@@ -240,9 +240,12 @@ class Pynenc:
             for args, kwargs in calls
         ]
         hub = self.hub
-        if awaited:
-            for r in records:
-                hub.future_for(r.invocation_id, check_stored=False)
+        # Registered before storing, so that no outcome can arrive unseen; kept here, since
+        # a fast worker may resolve (and the hub forget) them before submit() returns.
+        futures = [
+            hub.future_for(r.invocation_id, check_stored=False) if awaited else None
+            for r in records
+        ]
         try:
             ids = self.backend.submit(records)
         except BaseException:
@@ -251,15 +254,11 @@ class Pynenc:
             raise
         hub.notify_work()
         invocations: list[Invocation[R]] = []
-        for record, invocation_id in zip(records, ids):
-            future = None
-            if awaited:
-                if invocation_id != record.invocation_id:
-                    # Registration concurrency: an equal call is already waiting; share it.
-                    hub.forget(record.invocation_id)
-                    future = hub.future_for(invocation_id)
-                else:
-                    future = hub.future_for(invocation_id, check_stored=False)
+        for record, invocation_id, future in zip(records, ids, futures):
+            if future is not None and invocation_id != record.invocation_id:
+                # Registration concurrency: an equal call is already waiting; share it.
+                hub.forget(record.invocation_id)
+                future = hub.future_for(invocation_id)
             invocations.append(Invocation(self, task.name, invocation_id, future))  # type: ignore[arg-type]
         return invocations
 
