@@ -152,8 +152,8 @@ FIELDS: tuple[Field, ...] = (
           "How often a worker extends the leases of its running work; less than lease_seconds.",
           minimum=0.0, exclusive=True),
     Field("max_lost_attempts", int, 3,
-          "How many times an invocation may be recovered from a vanished worker before it is "
-          "failed with WorkerLostError.", minimum=1),
+          "An invocation whose worker vanished this many times (killed, crashed, host lost) "
+          "is failed with WorkerLostError instead of being run again.", minimum=1),
     Field("shutdown_grace_seconds", float, 10.0,
           "On SIGTERM/SIGINT, how long running tasks may finish before their work is handed "
           "back.", minimum=0.0),

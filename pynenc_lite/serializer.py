@@ -3,7 +3,7 @@
 Everything that crosses from a caller to a worker goes through here, in sync mode too, so
 what would fail on a worker fails the same way in a test. A task's exception comes back as
 itself (same type, same message) with the worker's traceback text attached as its
-`__cause__` (and as a note on Python 3.11+). When it cannot make the trip, the caller gets a
+`__cause__`. When it cannot make the trip, the caller gets a
 `RemoteTaskError` naming the original type and message instead.
 
 This module does not touch storage or threads.
@@ -137,10 +137,9 @@ def load_exception(
             )
         if isinstance(exc, BaseException):
             if tb_text:
+                # The cause, not a note: a note would change what `pytest.raises(match=)`
+                # matches, so tests would differ between sync mode and workers.
                 exc.__cause__ = RemoteTraceback(tb_text)
-                add_note = getattr(exc, "add_note", None)
-                if add_note is not None:
-                    add_note("(raised on a pynenc_lite worker; its traceback is the cause)")
             return exc
     if error and error.startswith("WorkerLostError:"):
         return WorkerLostError(error.split(": ", 1)[1])

@@ -190,7 +190,7 @@ class SQLiteBackend(Backend):
         # Guards _schema_ready_pid and _connections.
         self._setup_lock = threading.Lock()
         self._schema_ready_pid: Optional[int] = None
-        self._connections: list[sqlite3.Connection] = []
+        self._connections: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._closed = False
 
     def __repr__(self) -> str:
@@ -201,13 +201,27 @@ class SQLiteBackend(Backend):
     def _conn(self) -> sqlite3.Connection:
         local = self._local
         conn: Optional[sqlite3.Connection] = getattr(local, "conn", None)
+        if self._closed:
+            raise BackendError(f"the backend for {self.path} was closed; make a new one")
         if conn is not None and local.pid == os.getpid():
             return conn
-        if self._closed:
-            raise BackendError(f"the backend for {self.path} was closed")
         conn = self._open()
         local.conn, local.pid = conn, os.getpid()
         return conn
+
+    def _close_orphans(self) -> None:
+        """Close the connections of threads that have ended (caller holds _setup_lock).
+
+        Each thread gets its own connection; a program that starts a thread per request
+        would otherwise keep one open file per finished thread until close().
+        """
+        alive = []
+        for thread, conn in self._connections:
+            if thread.is_alive() or thread.ident is None:
+                alive.append((thread, conn))
+            else:
+                conn.close()
+        self._connections = alive
 
     def _open(self) -> sqlite3.Connection:
         try:
@@ -227,7 +241,8 @@ class SQLiteBackend(Backend):
                 "(PYNENC__SQLITE_DB_PATH) somewhere that is."
             ) from exc
         with self._setup_lock:
-            self._connections.append(conn)
+            self._close_orphans()
+            self._connections.append((threading.current_thread(), conn))
             if self._schema_ready_pid != os.getpid():
                 self._create_schema(conn)
                 self._schema_ready_pid = os.getpid()
@@ -256,7 +271,7 @@ class SQLiteBackend(Backend):
         with self._setup_lock:
             self._closed = True
             connections, self._connections = self._connections, []
-        for conn in connections:
+        for _, conn in connections:
             try:
                 conn.close()
             except sqlite3.Error:  # pragma: no cover - closing is best effort
@@ -293,9 +308,14 @@ class SQLiteBackend(Backend):
             try:
                 result = body(conn)
                 conn.execute("COMMIT")
-            except BaseException:
+            except BaseException as exc:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise BackendError(
+                        f"a write to {self.path} failed and was rolled back (nothing of it "
+                        f"is stored): {type(exc).__name__}: {exc}"
+                    ) from exc
                 raise
         return result
 

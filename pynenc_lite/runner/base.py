@@ -33,6 +33,11 @@ class BaseRunner(abc.ABC):
         self._background: Optional[threading.Thread] = None
         self._wake_fds: Optional[tuple[int, int]] = None  # (read, write) while running
         self._previous_wakeup_fd = -1
+        # Makes "is it running? then mark it running" one step for concurrent run() calls.
+        self._start_lock = threading.Lock()
+
+    def _reset(self) -> None:
+        """Clear the state of a previous run (called by run() before it starts)."""
 
     @abc.abstractmethod
     def run(self, *, burst: bool = False) -> None:
@@ -79,9 +84,12 @@ class BaseRunner(abc.ABC):
         Raises:
             RuntimeError: already running.
         """
-        if not self._done.is_set():
-            raise RuntimeError(f"{self!r} is already running")
-        self._done.clear()
+        with self._start_lock:
+            if not self._done.is_set():
+                raise RuntimeError(f"{self!r} is already running")
+            # Reset before marking it running: a stop asked for from now on is kept.
+            self._reset()
+            self._done.clear()
         self._ready.clear()
         self._signals = 0
         read_fd, write_fd = os.pipe()

@@ -107,6 +107,9 @@ class ProcessRunner(BaseRunner):
         """PIDs of the worker processes alive now."""
         return [p.pid for p, _ in list(self._children.values()) if p.pid and p.is_alive()]
 
+    def _reset(self) -> None:
+        self._stop_requested.clear()
+
     def stop_runner_loop(self) -> None:
         """Ask every worker process to stop gracefully; returns at once."""
         self._stop_requested.set()
@@ -127,7 +130,6 @@ class ProcessRunner(BaseRunner):
 
         previous = self._begin()
         try:
-            self._stop_requested.clear()
             target = self._target or find_target(self.app)
             context = multiprocessing.get_context("spawn")
             log_level = self._child_log_level()

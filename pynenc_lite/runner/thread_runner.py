@@ -47,6 +47,8 @@ logger = logging.getLogger(__name__)
 # How often an idle dispatcher looks for work that no notification announces (leases that
 # expired, retries whose time came).
 IDLE_CHECK_SECONDS = 1.0
+# How long stopping waits for idle worker threads to end.
+THREAD_EXIT_SECONDS = 5.0
 # How often cron schedules are checked (each moment still fires once, whoever checks).
 CRON_CHECK_SECONDS = 0.5
 # How often finished invocations past result_ttl_seconds are looked for, and how many are
@@ -126,6 +128,8 @@ class ThreadRunner(BaseRunner):
         self._hard_stop_reason = ""
         self._next_due: Optional[float] = None  # earliest delayed run or retry (dispatcher only)
         self._queue: queue.SimpleQueue[Optional[_Running]] = queue.SimpleQueue()
+        self._generation = 0  # which run the threads belong to (see _reset)
+        self._exited = 0  # worker threads of this run that ended
         self._stop_heartbeat = threading.Event()
         self._dispatcher_done = threading.Event()
 
@@ -145,18 +149,24 @@ class ThreadRunner(BaseRunner):
         """
         previous = self._begin()
         try:
-            with self._cond:
-                self._outcomes = []
-                self._running = {}
-                self._hard_stop_reason = ""
-                self._idle, self._active = self.threads, 0
-                self._work_hint, self._stopping, self._force = True, False, False
-            self.worker_id = self._fixed_worker_id or new_worker_id()
-            self._stop_heartbeat.clear()
-            self._dispatcher_done.clear()
             self._run(burst, on_main=bool(previous))
         finally:
             self._end(previous)
+
+    def _reset(self) -> None:
+        with self._cond:
+            # A new generation: threads left running a task by an earlier run (abandoned
+            # after its grace period) must not touch this run's queue or counters.
+            self._generation += 1
+            self._queue = queue.SimpleQueue()
+            self._outcomes = []
+            self._running = {}
+            self._hard_stop_reason = ""
+            self._idle, self._active, self._exited = self.threads, 0, 0
+            self._work_hint, self._stopping, self._force = True, False, False
+        self.worker_id = self._fixed_worker_id or new_worker_id()
+        self._stop_heartbeat.clear()
+        self._dispatcher_done.clear()
 
     def stop_runner_loop(self) -> None:
         """Ask the runner to stop gracefully; returns at once (`run()` returns when done)."""
@@ -175,7 +185,12 @@ class ThreadRunner(BaseRunner):
         )
         backend.heartbeat(info, [], self.clock(), app.conf.lease_seconds)
         workers = [
-            threading.Thread(target=self._work, name=f"pynenc-lite-worker-{i}", daemon=True)
+            threading.Thread(
+                target=self._work,
+                args=(self._queue, self._generation),
+                name=f"pynenc-lite-worker-{i}",
+                daemon=True,
+            )
             for i in range(self.threads)
         ]
         heartbeat = threading.Thread(
@@ -386,15 +401,20 @@ class ThreadRunner(BaseRunner):
                 self._queue.put(entry)
         return claimed
 
-    def _work(self) -> None:
+    def _work(self, work: queue.SimpleQueue[Optional[_Running]], generation: int) -> None:
+        worker_id = self.worker_id
         while True:
-            entry = self._queue.get()
+            entry = work.get()
             if entry is None:
+                with self._cond:
+                    if generation == self._generation:
+                        self._exited += 1
+                        self._cond.notify_all()
                 return
-            outcome = run_claimed(
-                self.app, entry.claimed, self.worker_id, self.clock, running=entry.info
-            )
+            outcome = run_claimed(self.app, entry.claimed, worker_id, self.clock, running=entry.info)
             with self._cond:
+                if generation != self._generation:
+                    return  # our run ended without us (abandoned): its successor is not ours
                 self._running.pop(entry.claimed.invocation_id, None)
                 if not entry.abandoned:
                     self._outcomes.append(outcome)
@@ -469,6 +489,8 @@ class ThreadRunner(BaseRunner):
         backend = self.app.backend
         with self._cond:
             unfinished = self._active
+            for entry in self._running.values():
+                entry.abandoned = True  # handed back below: a late outcome must be dropped
         try:
             handed_back = backend.release(self.worker_id)
             backend.remove_worker(self.worker_id)
@@ -477,6 +499,12 @@ class ThreadRunner(BaseRunner):
             logger.exception("handing back work failed; its leases will expire instead")
         for _ in workers:
             self._queue.put(None)
+        # Wait for the idle threads to end, so run() returns with no thread of ours left
+        # but those still inside an abandoned task (they end when it returns).
+        with self._cond:
+            self._cond.wait_for(
+                lambda: self._exited >= self.threads - unfinished, THREAD_EXIT_SECONDS
+            )
         logger.info(
             "runner %s stopped (%d task(s) still running were abandoned, %d handed back)",
             self.worker_id,
