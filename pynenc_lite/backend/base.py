@@ -273,7 +273,9 @@ class Backend(abc.ABC):
         """Block until the stored data may have changed since `token`, or `timeout` passes.
 
         Returns a new token to pass next time. With `token=None` returns at once with a
-        starting token. Spurious returns are allowed; missed changes are not.
+        starting token. Spurious returns are allowed; missed changes are not. A token is only
+        meaningful to the thread that got it (SQLite's change counter is per connection, and
+        each thread has its own): one watcher thread per process calls this.
         """
 
     # -- operations -------------------------------------------------------------------------
