@@ -196,6 +196,9 @@ class Invocation(Generic[R]):
                 pass
             if deadline is not None and time.monotonic() >= deadline:
                 raise self._timeout_error(timeout)
+            if self.app.backend.get_invocation(self.invocation_id) is None:
+                self.app.hub.forget(self.invocation_id)
+                raise InvocationNotFoundError(self.app._not_found(self.invocation_id))
             if not warned:
                 warned = self.app.warn_if_no_worker(self, time.monotonic() - start)
 
@@ -231,6 +234,14 @@ class InvocationGroup(Generic[R]):
     def __iter__(self) -> Iterator[Invocation[R]]:
         return iter(self.invocations)
 
+    def _register(self) -> None:
+        """Register every invocation's future with one read, instead of one per wait."""
+        missing = [i for i in self.invocations if i._future is None]
+        if missing and not missing[0].app.conf.dev_mode_force_sync_tasks:
+            futures = missing[0].app.hub.futures_for([i.invocation_id for i in missing])
+            for invocation, future in zip(missing, futures):
+                invocation._future = future  # type: ignore[assignment]
+
     def __len__(self) -> int:
         return len(self.invocations)
 
@@ -241,6 +252,7 @@ class InvocationGroup(Generic[R]):
     def results(self) -> Iterator[R]:
         """Each result in input order, waiting for each in turn; re-raises the first failure
         met in that order (the others go on running)."""
+        self._register()
         for invocation in self.invocations:
             yield invocation.result
 
@@ -251,6 +263,7 @@ class InvocationGroup(Generic[R]):
             the first failure in input order; InvocationTimeoutError when time runs out.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        self._register()
         values = []
         for invocation in self.invocations:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -263,6 +276,7 @@ class InvocationGroup(Generic[R]):
         Raises:
             InvocationTimeoutError: `timeout` seconds passed before all finished.
         """
+        self._register()
         by_future: dict[Any, list[Invocation[R]]] = {}
         for invocation in self.invocations:
             by_future.setdefault(invocation.future, []).append(invocation)

@@ -32,6 +32,10 @@ from pynenc_lite.backend.base import Backend, Outcome
 
 logger = logging.getLogger(__name__)
 
+# How often, at most, the watcher lets the backend tidy up after changes (SQLite: a passive
+# WAL checkpoint, so that no caller's commit has to do one).
+MAINTENANCE_SECONDS = 0.5
+
 
 class Hub:
     """The meeting point of callers, runners and the watcher for one backend in one process."""
@@ -73,6 +77,24 @@ class Hub:
             for outcome in self._backend.get_outcomes([invocation_id]):
                 self.resolve(outcome)
         return future
+
+    def futures_for(
+        self, invocation_ids: list[str]
+    ) -> list[concurrent.futures.Future[Outcome]]:
+        """`future_for` for many invocations, with one stored-outcome read for all."""
+        self._ensure_seq()
+        futures = []
+        with self._cond:
+            for invocation_id in invocation_ids:
+                future = self._futures.get(invocation_id)
+                if future is None:
+                    future = self._futures[invocation_id] = concurrent.futures.Future()
+                futures.append(future)
+            self._ensure_watcher()
+            self._cond.notify_all()
+        for outcome in self._backend.get_outcomes(invocation_ids):
+            self.resolve(outcome)
+        return futures
 
     def resolve(self, outcome: Outcome) -> None:
         """Hand a final outcome to whoever waits for it (called once the outcome is stored)."""
@@ -180,6 +202,7 @@ class Hub:
     def _watch(self) -> None:
         token: Optional[int] = None
         failures = 0
+        next_maintenance = time.monotonic() + MAINTENANCE_SECONDS
         while True:
             with self._cond:
                 self._cond.wait_for(self._has_waiters)
@@ -199,6 +222,13 @@ class Hub:
                 continue
             token = new_token
             self.notify_work()
+            now = time.monotonic()
+            if now >= next_maintenance:
+                next_maintenance = now + MAINTENANCE_SECONDS
+                try:
+                    self._backend.maintain()
+                except Exception:
+                    logger.exception("maintenance of %r failed", self._backend)
             try:
                 self._collect_finished()
             except Exception:

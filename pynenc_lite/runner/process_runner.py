@@ -215,26 +215,29 @@ class ProcessRunner(BaseRunner):
                 os.kill(process.pid, signal.SIGTERM)
         deadline = time.monotonic() + grace + STOP_MARGIN_SECONDS
         forwarded = self._signals
-        while any(p.is_alive() for p, _ in self._children.values()):
+        pending = dict(self._children)
+        while True:
+            for worker_id, (process, _) in list(pending.items()):
+                if not process.is_alive():
+                    process.join()
+                    del pending[worker_id]
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if not pending or remaining <= 0:
                 break
-            sentinels = [p.sentinel for p, _ in self._children.values() if p.is_alive()]
-            self._sleep_until_woken(sentinels, remaining)
+            # Sentinels of every child not yet seen dead: one that dies after the check
+            # above still wakes this wait (leaving it out would sleep the whole grace).
+            self._sleep_until_woken([p.sentinel for p, _ in pending.values()], remaining)
             if self._signals > max(forwarded, 1):
                 # A second signal: pass it on, so the children skip their grace period.
                 forwarded = self._signals
-                for process, _ in self._children.values():
+                for process, _ in pending.values():
                     if process.is_alive() and process.pid:
                         os.kill(process.pid, signal.SIGTERM)
-        for worker_id, (process, _) in list(self._children.items()):
-            if process.is_alive():
-                logger.error("worker process %s did not stop in time; killing it", process.pid)
-                process.kill()
-                process.join()
-                self._recover(worker_id, process)
-            else:
-                process.join()
+        for worker_id, (process, _) in pending.items():
+            logger.error("worker process %s did not stop in time; killing it", process.pid)
+            process.kill()
+            process.join()
+            self._recover(worker_id, process)
         self._children.clear()
 
     @staticmethod
