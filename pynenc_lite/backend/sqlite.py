@@ -83,7 +83,12 @@ CREATE TABLE IF NOT EXISTS invocations (
     traceback TEXT,
     outcome_seq INTEGER                 -- set when final (see get_finished_since)
 );
-CREATE INDEX IF NOT EXISTS ix_invocations_ready ON invocations (app_id, status, run_at);
+-- Only waiting rows, one index per waiting status (queries name the status literally, so
+-- SQLite can match them): a claim removes a row; finishing never touches these indexes.
+CREATE INDEX IF NOT EXISTS ix_invocations_registered ON invocations (app_id, run_at)
+    WHERE status = 'REGISTERED';
+CREATE INDEX IF NOT EXISTS ix_invocations_retry ON invocations (app_id, run_at)
+    WHERE status = 'RETRY';
 CREATE INDEX IF NOT EXISTS ix_invocations_lease
     ON invocations (app_id, lease_expires_at) WHERE lease_expires_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS ix_invocations_outcome
@@ -131,6 +136,8 @@ _MAX_CLAIM_SCAN = 4096
 _MAX_PARAMS = 900
 
 _CLAIMABLE = tuple(sorted(s.value for s in CLAIMABLE_STATUSES))
+# Waiting statuses are written into the SQL text, not bound: only then can SQLite use the
+# partial index of that status (it cannot prove a bound parameter satisfies an index WHERE).
 _LEASED = tuple(sorted(s.value for s in LEASED_STATUSES))
 # Statuses each transition may start from, as SQL parameters (from status.py, the one place
 # that defines the model).
@@ -421,18 +428,22 @@ class SQLiteBackend(Backend):
 
     def has_runnable(self, app_id: str, now: float) -> bool:
         rows = self._read(
-            "SELECT EXISTS (SELECT 1 FROM invocations WHERE app_id = ? AND status IN "
-            f"({_marks(len(_CLAIMABLE))}) AND run_at <= ?) OR EXISTS (SELECT 1 FROM "
-            "invocations WHERE app_id = ? AND lease_expires_at < ?)",
-            (app_id, *_CLAIMABLE, now, app_id, now),
+            "SELECT "
+            + " OR ".join(
+                f"EXISTS (SELECT 1 FROM invocations WHERE app_id = ? AND status = '{status}' "
+                "AND run_at <= ?)"
+                for status in _CLAIMABLE
+            )
+            + " OR EXISTS (SELECT 1 FROM invocations WHERE app_id = ? AND lease_expires_at < ?)",
+            (*[app_id, now] * len(_CLAIMABLE), app_id, now),
         )
         return bool(rows[0][0])
 
     def next_run_at(self, app_id: str) -> Optional[float]:
         found = [
             self._read(
-                "SELECT MIN(run_at) FROM invocations WHERE app_id = ? AND status = ?",
-                (app_id, status),
+                f"SELECT MIN(run_at) FROM invocations WHERE app_id = ? AND status = '{status}'",
+                (app_id,),
             )[0][0]
             for status in _CLAIMABLE
         ]
@@ -513,8 +524,9 @@ class SQLiteBackend(Backend):
             for status in _CLAIMABLE:
                 rows += c.execute(
                     "SELECT run_at, seq, running_key, running_limit FROM invocations WHERE "
-                    "app_id = ? AND status = ? AND run_at <= ? ORDER BY run_at LIMIT ? OFFSET ?",
-                    (app_id, status, now, page, offset),
+                    f"app_id = ? AND status = '{status}' AND run_at <= ? ORDER BY run_at "
+                    "LIMIT ? OFFSET ?",
+                    (app_id, now, page, offset),
                 ).fetchall()
             rows.sort()
             for _, seq, key, key_limit in rows[:page]:
@@ -825,9 +837,9 @@ class SQLiteBackend(Backend):
             oldest = None
             for status in _CLAIMABLE:
                 (first,) = c.execute(
-                    "SELECT MIN(run_at) FROM invocations WHERE app_id = ? AND status = ? "
-                    "AND run_at <= ?",
-                    (app_id, status, now),
+                    "SELECT MIN(run_at) FROM invocations WHERE app_id = ? AND "
+                    f"status = '{status}' AND run_at <= ?",
+                    (app_id, now),
                 ).fetchone()
                 if first is not None:
                     oldest = first if oldest is None else min(oldest, first)

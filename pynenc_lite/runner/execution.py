@@ -38,7 +38,7 @@ class RunningInvocation:
     attempt: int  # 1 on the first run; higher after a retry or a lost worker
     retries: int  # retries used before this attempt
     worker_id: str
-    cancelled: threading.Event = dataclasses.field(default_factory=threading.Event)
+    cancelled: threading.Event = dataclasses.field(default_factory=threading.Event, repr=False)
 
     def is_cancelled(self) -> bool:
         """True once the invocation was cancelled (or failed for its time limit) while it
