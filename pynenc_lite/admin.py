@@ -182,7 +182,7 @@ def open_backend(app: Pynenc) -> Backend:
     conf = app.conf
     if not conf.broker_url:
         # Same default as Pynenc._make_backend: a typo in --db must not look like an empty queue.
-        path = conf.sqlite_db_path or os.path.join(os.getcwd(), f"{app.app_id}.pynenc.sqlite3")
+        path = app.sqlite_db_path
         if not os.path.exists(path):
             raise CommandError(
                 f"no database at {os.path.abspath(path)} (app {app.app_id!r}); pass --db PATH "

@@ -166,14 +166,20 @@ class Pynenc:
             from pynenc_lite.backend import remote
 
             return remote.backend_from_config(c)
-        path = c.sqlite_db_path or os.path.join(os.getcwd(), f"{self.app_id}.pynenc.sqlite3")
         return SQLiteBackend(
-            path,
+            self.sqlite_db_path,
             synchronous=c.sqlite_synchronous,
             busy_timeout_seconds=c.sqlite_busy_timeout_seconds,
             poll_min_seconds=c.poll_min_seconds,
             poll_max_seconds=c.poll_max_seconds,
         )
+
+    @property
+    def sqlite_db_path(self) -> str:
+        """The SQLite file this app uses: `sqlite_db_path`, else `<app_id>.pynenc.sqlite3`
+        in the current folder (so processes started in one folder share it)."""
+        configured = self.conf.sqlite_db_path
+        return configured or os.path.join(os.getcwd(), f"{self.app_id}.pynenc.sqlite3")
 
     @property
     def hub(self) -> Hub:

@@ -86,7 +86,8 @@ class InvocationRecord:
     created_at: float
     started_at: Optional[float]
     finished_at: Optional[float]
-    error: Optional[str]
+    error: Optional[str]  # the last failure, also while waiting for a retry
+    traceback: Optional[str] = None  # the worker's traceback text of that failure
 
 
 @dataclasses.dataclass(frozen=True)

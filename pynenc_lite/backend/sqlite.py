@@ -155,7 +155,7 @@ def _chunks(items: Sequence[_T], size: int = _MAX_PARAMS) -> Iterator[Sequence[_
 
 _RECORD_COLUMNS = (
     "id, app_id, task_name, status, attempts, lost_attempts, retries, owner, "
-    "lease_expires_at, run_at, created_at, started_at, finished_at, error"
+    "lease_expires_at, run_at, created_at, started_at, finished_at, error, traceback"
 )
 
 
@@ -893,9 +893,10 @@ class SQLiteBackend(Backend):
                 ]
             for chunk in _chunks(ids):
                 c.execute(
+                    # The last error and traceback stay readable until it runs again.
                     "UPDATE invocations SET status = 'REGISTERED', run_at = ?, owner = NULL, "
-                    "lease_expires_at = NULL, result = NULL, error = NULL, traceback = NULL, "
-                    "finished_at = NULL, outcome_seq = NULL, retries = 0, lost_attempts = 0 "
+                    "lease_expires_at = NULL, result = NULL, finished_at = NULL, "
+                    "outcome_seq = NULL, retries = 0, lost_attempts = 0 "
                     f"WHERE id IN ({_marks(len(chunk))})",
                     (now, *chunk),
                 )

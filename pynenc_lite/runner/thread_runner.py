@@ -1,6 +1,6 @@
 """The thread runner: claims this app's invocations and runs them on a pool of threads.
 
-    dispatcher thread (the runner's only writer)       worker threads (max_threads)
+    dispatcher thread (writes claims and outcomes)    worker threads (max_threads)
     ────────────────────────────────────────────       ────────────────────────────
     wait until: outcomes to store, or an idle thread
       and a hint that work may be there
