@@ -490,3 +490,18 @@ def test_poll_min_must_not_exceed_poll_max(project: Path) -> None:
     assert make(project, config_values={"poll_min_seconds": 0.05}).poll_min_seconds == 0.05
     with pytest.raises(ConfigError, match="poll_min_seconds .* must be at most poll_max_seconds"):
         make(project, config_values={"poll_min_seconds": 0.1})
+
+
+def test_broker_secret_is_masked(project: Path) -> None:
+    secret = "tcp-secret-0123456789abcdef"
+    conf = make(project, environ={"PYNENC__BROKER_SECRET": secret},
+                config_values={"broker_tls_ca_file": "ca.pem"})
+    assert conf.broker_secret == secret  # the value itself is there for the client
+    assert conf.source_of("broker_secret") == "env"
+    assert ("broker_secret", "***", "env") in conf.describe()
+    assert secret not in conf.format_table() and secret not in repr(conf)
+    assert conf.broker_tls_ca_file == "ca.pem"
+    assert ("broker_secret", None, "default") in make(project).describe()  # unset: None
+    with pytest.raises(ConfigError) as info:
+        make(project, config_values={"broker_secret": 12345678})
+    assert "12345678" not in str(info.value) and "***" in str(info.value)
