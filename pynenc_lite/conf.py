@@ -125,6 +125,9 @@ FIELDS: tuple[Field, ...] = (
     Field("broker_tls_ca_file", str, None,
           "CA certificate (PEM) that signed the server's TLS certificate, for tcps:// URLs; "
           "None trusts the system's CAs.", optional=True),
+    Field("broker_retry_seconds", float, 30.0,
+          "How long a request to the TCP server keeps reconnecting (a server restart) before "
+          "it fails with BackendError.", minimum=0.0),
     Field("orchestrator_cls", str, "SQLiteOrchestrator",
           "pynenc compatibility, informational: pynenc_lite always uses one backend.",
           choices=_backend_choices("Orchestrator"), hint=_BACKEND_HINT),
@@ -299,6 +302,7 @@ class PynencConfig:
     broker_secret_file: str | None
     broker_secret: str | None
     broker_tls_ca_file: str | None
+    broker_retry_seconds: float
     orchestrator_cls: str
     broker_cls: str
     state_backend_cls: str

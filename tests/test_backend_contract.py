@@ -346,6 +346,14 @@ def test_heartbeat_extends_leases(backend: Backend) -> None:
     assert backend.complete(success("a"), "w1", T0 + 60)
 
 
+def test_heartbeat_leaves_unlisted_leases_to_expire(backend: Backend) -> None:
+    """A claim the worker never learnt of (its reply was lost) is not kept alive."""
+    backend.submit([new("a"), new("b")])
+    claim(backend, "w1", now=T0, limit=2)
+    backend.heartbeat(worker("w1"), ["a"], T0 + 8, LEASE)
+    assert claim(backend, "w2", now=T0 + LEASE + 1) == ["b"]
+
+
 def test_heartbeat_reports_invocations_the_worker_no_longer_holds(backend: Backend) -> None:
     backend.submit([new("a"), new("b")])
     claim(backend, "w1", now=T0)

@@ -221,8 +221,8 @@ class Backend(abc.ABC):
     def heartbeat(
         self, worker: WorkerInfo, running: Sequence[str], now: float, lease_seconds: float
     ) -> list[str]:
-        """Record that `worker` is alive and extend every lease it holds to `now +
-        lease_seconds`.
+        """Record that `worker` is alive and extend the leases of the `running` invocations
+        it still holds to `now + lease_seconds` (a lease it holds but does not list runs out).
 
         Returns those of the `running` invocation ids the worker no longer holds (cancelled,
         or failed for a time limit), so the runner can stop or flag them.

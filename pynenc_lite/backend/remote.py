@@ -713,4 +713,6 @@ def backend_from_config(conf: PynencConfig) -> RemoteBackend:
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(f"broker_tls_ca_file {ca_file!r}: {exc}") from exc
         context.minimum_version = ssl.TLSVersion.TLSv1_2
-    return RemoteBackend(host, port, secret=secret, ssl_context=context)
+    return RemoteBackend(
+        host, port, secret=secret, ssl_context=context, retry_seconds=conf.broker_retry_seconds
+    )

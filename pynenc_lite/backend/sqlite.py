@@ -757,11 +757,15 @@ class SQLiteBackend(Backend):
                     now,
                 ),
             )
-            c.execute(
-                "UPDATE invocations SET lease_expires_at = ? WHERE app_id = ? AND "
-                f"lease_expires_at IS NOT NULL AND owner = ? AND status IN ({_marks(len(_LEASED))})",
-                (now + lease_seconds, worker.app_id, worker.worker_id, *_LEASED),
-            )
+            # Only the leases of what the worker says it runs: a claim whose reply never
+            # reached it (a lost network reply) must expire, not be kept alive for ever.
+            for chunk in _chunks(running):
+                c.execute(
+                    "UPDATE invocations SET lease_expires_at = ? WHERE app_id = ? AND "
+                    "lease_expires_at IS NOT NULL AND owner = ? AND status IN "
+                    f"({_marks(len(_LEASED))}) AND id IN ({_marks(len(chunk))})",
+                    (now + lease_seconds, worker.app_id, worker.worker_id, *_LEASED, *chunk),
+                )
             lost = []
             for chunk in _chunks(running):
                 lost += [
