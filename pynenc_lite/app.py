@@ -17,7 +17,6 @@ import logging
 import os
 import threading
 import time
-import uuid
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, TypeVar, Union, overload
 
 from pynenc_lite import serializer
@@ -39,8 +38,8 @@ R = TypeVar("R")
 
 
 def new_invocation_id() -> str:
-    """A fresh, unique invocation id."""
-    return uuid.uuid4().hex
+    """A fresh, unique invocation id (128 random bits, hex; like uuid4().hex, cheaper)."""
+    return os.urandom(16).hex()
 
 
 class Pynenc:
@@ -269,18 +268,21 @@ class Pynenc:
         return invocations
 
     def _new_invocation(
-        self, task: Task[Any], args: tuple[Any, ...], kwargs: dict[str, Any], now: float,
+        self,
+        task: Task[Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        now: float,
         run_at: float,
     ) -> NewInvocation:
         options = task.options
-        keys: dict[str, Optional[str]] = {"registration": None, "running": None}
-        modes = {
-            "registration": options.registration_concurrency,
-            "running": options.running_concurrency,
-        }
-        if any(mode.value != "DISABLED" for mode in modes.values()):
+        registration_key = running_key = None
+        if options.uses_concurrency_control:
             arguments = task.arguments_by_name(args, kwargs)
-            keys = {k: options.concurrency_key(m, task.name, arguments) for k, m in modes.items()}
+            registration_key = options.concurrency_key(
+                options.registration_concurrency, task.name, arguments
+            )
+            running_key = options.concurrency_key(options.running_concurrency, task.name, arguments)
         return NewInvocation(
             new_invocation_id(),
             self.app_id,
@@ -288,9 +290,9 @@ class Pynenc:
             serializer.dumps_call(task.name, args, kwargs),
             run_at,
             now,
-            registration_key=keys["registration"],
-            running_key=keys["running"],
-            running_limit=options.running_concurrency_limit,
+            registration_key,
+            running_key,
+            options.running_concurrency_limit,
         )
 
     def _run_inline(self, task: Task[R], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Invocation[R]:

@@ -165,6 +165,14 @@ class TaskOptions:
 
             CronSchedule(self.cron)  # raises CronError naming the bad field
 
+    @property
+    def uses_concurrency_control(self) -> bool:
+        """True when calls need concurrency keys (read on every call, so kept cheap)."""
+        disabled = ConcurrencyControlType.DISABLED
+        return not (
+            self.registration_concurrency is disabled and self.running_concurrency is disabled
+        )
+
     def concurrency_key(
         self, mode: ConcurrencyControlType, task_name: str, arguments: dict[str, Any]
     ) -> Optional[str]:

@@ -1,5 +1,9 @@
 """The backend protocol: the only way the app and the runners touch stored state.
 
+(The records built once per call — NewInvocation, ClaimedInvocation, Outcome — are plain
+dataclasses rather than frozen ones: a frozen dataclass is several times slower to build,
+and these are built on the hot path. Treat them as read-only all the same.)
+
 A backend stores invocations and their outcomes and hands out leases on them. Each method is
 one atomic unit (one SQL transaction, one network request). It only ever sees plain data —
 ids, task names, bytes, numbers and status strings — and never a callable: it does not pickle
@@ -21,7 +25,7 @@ from typing import Optional, Sequence
 from pynenc_lite.status import InvocationStatus
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class NewInvocation:
     """A call to be stored: `args` is the pickled `(args, kwargs)` pair, opaque here."""
 
@@ -39,7 +43,7 @@ class NewInvocation:
     running_limit: int = 1
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class ClaimedInvocation:
     """An invocation a worker now holds a lease on."""
 
@@ -50,7 +54,7 @@ class ClaimedInvocation:
     retries: int  # how many retries were already used (RETRY outcomes so far)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class Outcome:
     """How an invocation ended.
 
