@@ -163,8 +163,9 @@ FIELDS: tuple[Field, ...] = (
     Field("poll_min_seconds", float, 0.0005,
           "Shortest interval of the change check between processes (used right after activity).",
           minimum=0.0, exclusive=True),
-    Field("poll_max_seconds", float, 0.05,
-          "Longest interval of the change check between processes (reached when idle).",
+    Field("poll_max_seconds", float, 0.1,
+          "Longest interval of the change check between processes, reached after about a "
+          "third of a second without changes: the most an idle worker takes to notice work.",
           minimum=0.0, exclusive=True),
     Field("no_worker_warning_seconds", float, 3.0,
           "A blocking call waiting this long with no live worker logs what to start.",

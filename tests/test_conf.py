@@ -487,9 +487,9 @@ def test_heartbeat_must_be_less_than_lease(project: Path) -> None:
 
 
 def test_poll_min_must_not_exceed_poll_max(project: Path) -> None:
-    assert make(project, config_values={"poll_min_seconds": 0.05}).poll_min_seconds == 0.05
+    assert make(project, config_values={"poll_min_seconds": 0.1}).poll_min_seconds == 0.1
     with pytest.raises(ConfigError, match="poll_min_seconds .* must be at most poll_max_seconds"):
-        make(project, config_values={"poll_min_seconds": 0.1})
+        make(project, config_values={"poll_min_seconds": 0.2})
 
 
 def test_broker_secret_is_masked(project: Path) -> None:

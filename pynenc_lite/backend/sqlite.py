@@ -53,7 +53,7 @@ from pynenc_lite.status import (
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -185,7 +185,7 @@ class SQLiteBackend(Backend):
         synchronous: str = "NORMAL",
         busy_timeout_seconds: float = 30.0,
         poll_min_seconds: float = 0.0005,
-        poll_max_seconds: float = 0.05,
+        poll_max_seconds: float = 0.1,
     ) -> None:
         if synchronous.upper() not in ("NORMAL", "FULL"):
             raise ValueError(f"synchronous must be 'NORMAL' or 'FULL', got {synchronous!r}")
@@ -265,10 +265,9 @@ class SQLiteBackend(Backend):
 
     def _create_schema(self, conn: sqlite3.Connection) -> None:
         def setup(c: sqlite3.Connection) -> None:
-            # Statement by statement: executescript() would commit our transaction first.
-            for statement in _SCHEMA.split(";\n"):
-                if statement.strip():
-                    c.execute(statement)
+            # The version first: an older layout must get this message, not a failure of
+            # one of the statements below.
+            c.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
             row = c.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
             if row is None:
                 c.execute("INSERT INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
@@ -278,6 +277,10 @@ class SQLiteBackend(Backend):
                     f"pynenc_lite uses {SCHEMA_VERSION}; use a new sqlite_db_path or the "
                     "matching pynenc_lite version."
                 )
+            # Statement by statement: executescript() would commit our transaction first.
+            for statement in _SCHEMA.split(";\n"):
+                if statement.strip():
+                    c.execute(statement)
 
         self._retry_busy(lambda: conn.execute("PRAGMA journal_mode=WAL").fetchone())
         self._write_txn(setup, conn)
