@@ -196,9 +196,15 @@ class Invocation(Generic[R]):
                 pass
             if deadline is not None and time.monotonic() >= deadline:
                 raise self._timeout_error(timeout)
-            if self.app.backend.get_invocation(self.invocation_id) is None:
+            record = self.app.backend.get_invocation(self.invocation_id)
+            if record is None:
                 self.app.hub.forget(self.invocation_id)
                 raise InvocationNotFoundError(self.app._not_found(self.invocation_id))
+            if record.status.is_final():
+                # Stored, but our future was not told (its hub was closed meanwhile, say):
+                # read the outcome directly rather than wait for a signal that won't come.
+                for outcome in self.app.backend.get_outcomes([self.invocation_id]):
+                    return outcome
             if not warned:
                 warned = self.app.warn_if_no_worker(self, time.monotonic() - start)
 

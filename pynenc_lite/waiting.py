@@ -210,15 +210,21 @@ class Hub:
                     return
             try:
                 if token is None:
-                    token = self._backend.wait_for_change(None, 0)
-                new_token = self._backend.wait_for_change(token, self._watch_timeout_seconds)
+                    # The first reading counts as a change: whatever was stored between the
+                    # first registration and now must be collected without waiting for
+                    # another commit (on an idle system none may come).
+                    token = new_token = self._backend.wait_for_change(None, 0)
+                    first = True
+                else:
+                    new_token = self._backend.wait_for_change(token, self._watch_timeout_seconds)
+                    first = False
                 failures = 0
             except Exception:
                 failures += 1
                 logger.exception("watching %r for changes failed (%d in a row)", self._backend, failures)
                 time.sleep(min(0.05 * failures, 2.0))
                 continue
-            if new_token == token:
+            if new_token == token and not first:
                 continue
             token = new_token
             self.notify_work()

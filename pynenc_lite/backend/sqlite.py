@@ -24,6 +24,7 @@ another process within about a millisecond while an idle one costs almost nothin
 
 from __future__ import annotations
 
+import heapq
 import logging
 import os
 import random
@@ -95,10 +96,12 @@ CREATE INDEX IF NOT EXISTS ix_invocations_outcome
     ON invocations (outcome_seq) WHERE outcome_seq IS NOT NULL;
 CREATE INDEX IF NOT EXISTS ix_invocations_finished
     ON invocations (app_id, finished_at) WHERE finished_at IS NOT NULL;
-CREATE INDEX IF NOT EXISTS ix_invocations_registration
-    ON invocations (app_id, registration_key) WHERE registration_key IS NOT NULL;
-CREATE INDEX IF NOT EXISTS ix_invocations_running
-    ON invocations (app_id, running_key) WHERE running_key IS NOT NULL;
+-- Concurrency keys, only while they matter (waiting, running): a key's finished history
+-- must not make each submit or claim slower.
+CREATE INDEX IF NOT EXISTS ix_invocations_waiting_key ON invocations (app_id, registration_key)
+    WHERE registration_key IS NOT NULL AND status = 'REGISTERED';
+CREATE INDEX IF NOT EXISTS ix_invocations_running_key ON invocations (app_id, running_key)
+    WHERE running_key IS NOT NULL AND status = 'RUNNING';
 CREATE TABLE IF NOT EXISTS history (
     seq INTEGER PRIMARY KEY,
     invocation_id TEXT NOT NULL,
@@ -357,10 +360,12 @@ class SQLiteBackend(Backend):
         new = []
         for i in invocations:
             if i.registration_key is not None:
+                # Only one that will start no later than this call would: a call must not
+                # silently wait for a delayed one (call_later) that is due long after.
                 row = c.execute(
                     "SELECT id FROM invocations WHERE app_id = ? AND registration_key = ? "
-                    "AND status = 'REGISTERED' LIMIT 1",
-                    (i.app_id, i.registration_key),
+                    "AND status = 'REGISTERED' AND run_at <= ? LIMIT 1",
+                    (i.app_id, i.registration_key, i.run_at),
                 ).fetchone()
                 if row is not None:
                     ids.append(row[0])
@@ -517,39 +522,39 @@ class SQLiteBackend(Backend):
         running key already has `running_limit` invocations running."""
         if limit <= 0:
             return []
-        chosen: list[int] = []
-        running: dict[str, int] = {}  # running key -> how many run, counting this claim
-        offset, page = 0, limit
-        while len(chosen) < limit and offset < _MAX_CLAIM_SCAN:
-            # One indexed query per status: an IN list with ORDER BY would sort every
-            # waiting row on each claim.
-            rows: list[tuple[float, int, Optional[str], int]] = []
-            for status in _CLAIMABLE:
-                rows += c.execute(
+
+        def waiting(status: str) -> Iterator[tuple[float, int, Optional[str], int]]:
+            # Oldest first, one indexed query per page; each status keeps its own place.
+            offset, page = 0, limit
+            while offset < _MAX_CLAIM_SCAN:
+                rows = c.execute(
                     "SELECT run_at, seq, running_key, running_limit FROM invocations WHERE "
-                    f"app_id = ? AND status = '{status}' AND run_at <= ? ORDER BY run_at "
-                    "LIMIT ? OFFSET ?",
+                    f"app_id = ? AND status = '{status}' AND run_at <= ? "
+                    "ORDER BY run_at, seq LIMIT ? OFFSET ?",
                     (app_id, now, page, offset),
                 ).fetchall()
-            rows.sort()
-            for _, seq, key, key_limit in rows[:page]:
-                if key is not None:
-                    if key not in running:
-                        running[key] = c.execute(
-                            "SELECT COUNT(*) FROM invocations WHERE app_id = ? AND "
-                            "running_key = ? AND status = 'RUNNING'",
-                            (app_id, key),
-                        ).fetchone()[0]
-                    if running[key] >= key_limit:
-                        continue  # waits its turn; a finishing one lets it through
-                    running[key] += 1
-                chosen.append(seq)
-                if len(chosen) == limit:
-                    break
-            if len(rows) < page:
-                break  # nothing more is waiting
-            # Some were held back by their running limit: look further down the queue.
-            offset, page = offset + page, max(page * 2, 64)
+                yield from rows
+                if len(rows) < page:
+                    return
+                # Some were held back by their running limit: look further down the queue.
+                offset, page = offset + page, max(page * 2, 64)
+
+        chosen: list[int] = []
+        running: dict[str, int] = {}  # running key -> how many run, counting this claim
+        for _, seq, key, key_limit in heapq.merge(*(waiting(s) for s in _CLAIMABLE)):
+            if key is not None:
+                if key not in running:
+                    running[key] = c.execute(
+                        "SELECT COUNT(*) FROM invocations WHERE app_id = ? AND "
+                        "running_key = ? AND status = 'RUNNING'",
+                        (app_id, key),
+                    ).fetchone()[0]
+                if running[key] >= key_limit:
+                    continue  # waits its turn; a finishing one lets it through
+                running[key] += 1
+            chosen.append(seq)
+            if len(chosen) == limit:
+                break
         return chosen
 
     def _fail_lost(

@@ -121,9 +121,10 @@ def run_claimed(
                 value = run_coroutine_blocking(value)
             payload = serializer.dumps_value(claimed.task_name, value)
             outcome = Outcome(claimed.invocation_id, InvocationStatus.SUCCESS, payload)
-        except (Exception, SystemExit) as exc:
-            # SystemExit too: a task calling sys.exit() must fail its invocation, not end
-            # a worker thread silently.
+        except BaseException as exc:
+            # Every kind: a task raising SystemExit, KeyboardInterrupt or
+            # asyncio.CancelledError must fail its invocation, not end a worker thread and
+            # leave the invocation RUNNING for ever.
             outcome = failure_outcome(claimed, options, exc, clock())
     if log:
         logger.info(

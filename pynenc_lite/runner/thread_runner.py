@@ -47,6 +47,8 @@ logger = logging.getLogger(__name__)
 # How often an idle dispatcher looks for work that no notification announces (leases that
 # expired, retries whose time came).
 IDLE_CHECK_SECONDS = 1.0
+# Longest pause between attempts to store outcomes while storage fails.
+STORE_RETRY_MAX_SECONDS = 2.0
 # How long stopping waits for idle worker threads to end.
 THREAD_EXIT_SECONDS = 5.0
 # How often cron schedules are checked (each moment still fires once, whoever checks).
@@ -127,6 +129,8 @@ class ThreadRunner(BaseRunner):
         self._running: dict[str, _Running] = {}  # invocation id -> what runs it
         self._hard_stop_reason = ""
         self._next_due: Optional[float] = None  # earliest delayed run or retry (dispatcher only)
+        self._store_delay = 0.0  # back-off after a failed store (dispatcher only)
+        self._store_not_before = 0.0  # monotonic time before which no store is tried
         self._queue: queue.SimpleQueue[Optional[_Running]] = queue.SimpleQueue()
         self._generation = 0  # which run the threads belong to (see _reset)
         self._exited = 0  # worker threads of this run that ended
@@ -252,18 +256,24 @@ class ThreadRunner(BaseRunner):
                 next_expiry = now + (0.0 if full else interval)
             with self._cond:
                 while True:
-                    if self._outcomes or self._hard_stop_reason:
+                    if self._hard_stop_reason:
+                        break
+                    if self._outcomes and time.monotonic() >= self._store_not_before:
                         break
                     if self._stopping:
                         if grace_end is None:
                             grace_end = time.monotonic() + c.shutdown_grace_seconds
-                        if self._active == 0 or self._force or time.monotonic() >= grace_end:
+                        settled = self._active == 0 and not self._outcomes
+                        if settled or self._force or time.monotonic() >= grace_end:
                             return
-                        self._cond.wait(grace_end - time.monotonic())
+                        until = grace_end
+                        if self._outcomes:  # a failed store waiting for its retry
+                            until = min(until, self._store_not_before)
+                        self._cond.wait(max(0.0, until - time.monotonic()))
                         continue
                     if self._idle and self._work_hint:
                         break
-                    if burst and self._active == 0:
+                    if burst and self._active == 0 and not self._outcomes:
                         return
                     timeout = self._next_wake(now, next_cron if has_cron else None)
                     if timeout <= 0:
@@ -272,7 +282,12 @@ class ThreadRunner(BaseRunner):
                     if not self._cond.wait(timeout):
                         self._work_hint = True  # look for expired leases and due retries
                     now = self.clock()
-                outcomes, self._outcomes = self._outcomes, []
+                # Time limits first: a claim below could otherwise take back (as a lost
+                # lease) an invocation whose limit has just passed.
+                self._enforce_time_limits(self.clock())
+                outcomes = []
+                if time.monotonic() >= self._store_not_before:
+                    outcomes, self._outcomes = self._outcomes, []
                 want = 0 if self._stopping else self._idle
                 if want and self._work_hint:
                     self._work_hint = False  # a hint arriving from now on asks again
@@ -304,6 +319,8 @@ class ThreadRunner(BaseRunner):
         run or retry coming due, a time limit, a cron check, or the periodic look for
         expired leases."""
         times = [now + IDLE_CHECK_SECONDS]
+        if self._outcomes:  # waiting to retry a failed store
+            times.append(now + max(0.0, self._store_not_before - time.monotonic()))
         if self._next_due is not None and self._next_due > now:
             times.append(self._next_due)
         times += [r.deadline for r in self._running.values() if r.deadline is not None]
@@ -320,6 +337,7 @@ class ThreadRunner(BaseRunner):
             ]
             for r in late:
                 r.abandoned = True  # the thread's own outcome, if it ever comes, is dropped
+                del self._running[r.claimed.invocation_id]  # a retry may run under this id
                 r.info.cancelled.set()  # a cooperative task can notice and return
                 assert r.options.time_limit_seconds is not None
                 error = TaskTimeLimitError(
@@ -363,10 +381,19 @@ class ThreadRunner(BaseRunner):
         try:
             flags = self.app.backend.complete_many(outcomes, self.worker_id, self.clock())
         except Exception:
-            # The claims stay leased until this worker stops heartbeating them or hands
-            # them back, then they run again: at-least-once, nothing lost.
-            logger.exception("storing %d outcome(s) failed", len(outcomes))
+            # Keep them (their leases are kept by heartbeats) and try again shortly: a
+            # finished task must not run again because storage hiccupped once.
+            self._store_delay = min(max(self._store_delay * 2, 0.05), STORE_RETRY_MAX_SECONDS)
+            logger.exception(
+                "storing %d outcome(s) failed; trying again in %.2fs",
+                len(outcomes),
+                self._store_delay,
+            )
+            with self._cond:
+                self._outcomes[:0] = outcomes
+                self._store_not_before = time.monotonic() + self._store_delay
             return
+        self._store_delay = 0.0
         hub = self.app.hub
         for outcome, accepted in zip(outcomes, flags):
             if accepted and outcome.status.is_final():
@@ -396,6 +423,12 @@ class ThreadRunner(BaseRunner):
                 self._idle -= len(claimed)
                 self._active += len(claimed)
                 for entry in entries:
+                    earlier = self._running.get(entry.claimed.invocation_id)
+                    if earlier is not None:
+                        # Our own lease ran out (heartbeats stalled) and we took it back:
+                        # the earlier attempt's outcome no longer counts.
+                        earlier.abandoned = True
+                        earlier.info.cancelled.set()
                     self._running[entry.claimed.invocation_id] = entry
             for entry in entries:
                 self._queue.put(entry)
@@ -411,12 +444,25 @@ class ThreadRunner(BaseRunner):
                         self._exited += 1
                         self._cond.notify_all()
                 return
-            outcome = run_claimed(self.app, entry.claimed, worker_id, self.clock, running=entry.info)
+            outcome: Optional[Outcome] = None
+            try:
+                outcome = run_claimed(
+                    self.app, entry.claimed, worker_id, self.clock, running=entry.info
+                )
+            except BaseException:  # a bug here must not cost the pool a thread
+                logger.exception(
+                    "running invocation %s failed inside pynenc_lite; its lease will expire "
+                    "and it runs again",
+                    entry.claimed.invocation_id,
+                )
             with self._cond:
                 if generation != self._generation:
                     return  # our run ended without us (abandoned): its successor is not ours
-                self._running.pop(entry.claimed.invocation_id, None)
-                if not entry.abandoned:
+                invocation_id = entry.claimed.invocation_id
+                if self._running.get(invocation_id) is entry:
+                    # (A retry of an abandoned attempt may hold the id by now: not ours.)
+                    del self._running[invocation_id]
+                if outcome is not None and not entry.abandoned:
                     self._outcomes.append(outcome)
                 self._idle += 1
                 self._active -= 1
@@ -427,7 +473,8 @@ class ThreadRunner(BaseRunner):
         backend = self.app.backend
         while not self._stop_heartbeat.wait(c.heartbeat_interval_seconds):
             with self._cond:
-                running = list(self._running)
+                # Outcomes not stored yet still need their leases (a slow or failing store).
+                running = [*self._running, *(o.invocation_id for o in self._outcomes)]
             try:
                 lost = backend.heartbeat(info, running, self.clock(), c.lease_seconds)
             except Exception:
@@ -444,6 +491,7 @@ class ThreadRunner(BaseRunner):
                 if entry is None or entry.abandoned:
                     continue
                 entry.abandoned = True
+                del self._running[invocation_id]
                 entry.info.cancelled.set()
                 logger.info(
                     "invocation %s of %s is no longer ours while it runs (cancelled?); %s",
