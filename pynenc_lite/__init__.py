@@ -10,6 +10,7 @@ library alone.
 
 from pynenc_lite.app import Pynenc
 from pynenc_lite.conf import PynencConfig
+from pynenc_lite.cron import CronSchedule
 from pynenc_lite.errors import (
     BackendError,
     ConfigError,
@@ -25,7 +26,6 @@ from pynenc_lite.errors import (
     TaskTimeLimitError,
     WorkerLostError,
 )
-from pynenc_lite.cron import CronSchedule
 from pynenc_lite.invocation import Invocation, InvocationGroup
 from pynenc_lite.options import ConcurrencyControlType, TaskOptions
 from pynenc_lite.runner import (

@@ -24,8 +24,8 @@ from pynenc_lite.backend.base import Backend, NewInvocation
 from pynenc_lite.conf import PynencConfig
 from pynenc_lite.errors import InvocationNotFoundError, TaskNotFoundError
 from pynenc_lite.invocation import Invocation, LocalOutcome
-from pynenc_lite.task import Call, DirectTask, Task
 from pynenc_lite.runner.execution import RunningInvocation, run_coroutine_blocking, running_as
+from pynenc_lite.task import Call, DirectTask, Task
 from pynenc_lite.waiting import Hub
 
 if TYPE_CHECKING:
@@ -295,12 +295,15 @@ class Pynenc:
             options.running_concurrency_limit,
         )
 
-    def _run_inline(self, task: Task[R], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Invocation[R]:
+    def _run_inline(
+        self, task: Task[R], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Invocation[R]:
         import concurrent.futures
 
         round_trip = self.conf.dev_mode_pickle_round_trip
         if round_trip:
-            args, kwargs = serializer.loads_call(task.name, serializer.dumps_call(task.name, args, kwargs))
+            data = serializer.dumps_call(task.name, args, kwargs)
+            args, kwargs = serializer.loads_call(task.name, data)
         invocation_id = new_invocation_id()
         retries = 0
         while True:

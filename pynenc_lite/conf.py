@@ -219,7 +219,8 @@ PYNENC_RENAMES = {"max_processes": "runner_processes", "num_processes": "runner_
 PYNENC_ONLY = frozenset({
     # ConfigPynenc
     "trigger_cls", "serializer_cls", "client_data_store_cls", "arg_cache_cls",
-    "trigger_task_modules", "print_arguments", "cached_status_time", "compact_log_context", "truncate_log_ids",
+    "trigger_task_modules", "print_arguments", "cached_status_time", "compact_log_context",
+    "truncate_log_ids",
     "log_use_colors", "log_stream", "log_format", "max_pending_seconds",
     "recover_pending_invocations_cron", "recover_running_invocations_cron",
     "runner_considered_dead_after_minutes", "atomic_service_interval_minutes",
@@ -556,9 +557,12 @@ def _convert(setting: _Setting) -> object:
         value = _PARSERS[field.type](raw)
     except (TypeError, ValueError):
         raise _bad_value_error(setting) from None
-    if field.minimum is not None and isinstance(value, (int, float)):
-        if value < field.minimum or (field.exclusive and value == field.minimum):
-            raise _bad_value_error(setting)
+    if (
+        field.minimum is not None
+        and isinstance(value, (int, float))
+        and (value < field.minimum or (field.exclusive and value == field.minimum))
+    ):
+        raise _bad_value_error(setting)
     if field.choices is not None:
         stored = {spelling.lower(): stored for spelling, stored in field.choices}
         if str(value).lower() not in stored:

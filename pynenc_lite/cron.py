@@ -178,7 +178,8 @@ def fire_due(app: Pynenc, now: float, catch_up: str = "once") -> int:
         if task.options.cron is None:
             continue
         schedule = CronSchedule(task.options.cron, app.conf.cron_timezone)
-        latest = schedule.latest_at_or_before(datetime.datetime.fromtimestamp(now, datetime.timezone.utc))
+        now_utc = datetime.datetime.fromtimestamp(now, datetime.timezone.utc)
+        latest = schedule.latest_at_or_before(now_utc)
         if latest is None:
             continue
         handled = backend.get_cron_moment(app.app_id, task.name)

@@ -189,7 +189,9 @@ class Invocation(Generic[R]):
         check_every = max(self.app.conf.no_worker_warning_seconds, 0.01)
         warned = False
         while True:
-            step = check_every if deadline is None else min(check_every, deadline - time.monotonic())
+            step = check_every
+            if deadline is not None:
+                step = min(check_every, deadline - time.monotonic())
             try:
                 return future.result(timeout=max(step, 0))
             except concurrent.futures.TimeoutError:

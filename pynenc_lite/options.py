@@ -152,7 +152,8 @@ class TaskOptions:
                 continue  # a dotted name, resolved when first needed (it may import late)
             if not (isinstance(spec, type) and issubclass(spec, BaseException)):
                 raise bad("retry_for", "exception classes or their dotted names")
-        if not isinstance(self.running_concurrency_limit, int) or self.running_concurrency_limit < 1:
+        limit = self.running_concurrency_limit
+        if not isinstance(limit, int) or limit < 1:
             raise bad("running_concurrency_limit", "a whole number >= 1")
         uses_keys = ConcurrencyControlType.KEYS in (
             self.registration_concurrency,

@@ -221,7 +221,9 @@ class Hub:
                 failures = 0
             except Exception:
                 failures += 1
-                logger.exception("watching %r for changes failed (%d in a row)", self._backend, failures)
+                logger.exception(
+                    "watching %r for changes failed (%d in a row)", self._backend, failures
+                )
                 time.sleep(min(0.05 * failures, 2.0))
                 continue
             if new_token == token and not first:

@@ -27,7 +27,6 @@ from pynenc_lite import (
     InvocationStatus,
     Pynenc,
     PynencConfig,
-    RetryError,
     TaskOptions,
     TaskTimeLimitError,
     ThreadRunner,
@@ -136,7 +135,8 @@ def test_bad_options_are_rejected_at_decoration(app: Pynenc) -> None:
 
 def test_thread_runner_fails_the_call_at_the_limit(running: Pynenc) -> None:
     start = time.monotonic()
-    with pytest.raises(TaskTimeLimitError, match=r"blocks_past_limit exceeded its time limit of 0.2s"):
+    limit = r"blocks_past_limit exceeded its time limit of 0.2s"
+    with pytest.raises(TaskTimeLimitError, match=limit):
         tl.blocks_past_limit()
     assert time.monotonic() - start < 5
     assert issubclass(TaskTimeLimitError, TimeoutError)
@@ -154,15 +154,12 @@ def _worker(db: Path, tmp_path: Path, *args: str) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYNENC__")}
     env.update(PYNENC__SQLITE_DB_PATH=str(db), PYNENC__APP_ID="lifecycle",
                PYNENC__HEARTBEAT_INTERVAL_SECONDS="0.05", PYTHONPATH=str(ROOT))
-    log = open(tmp_path / "worker.log", "wb")
-    try:
+    with open(tmp_path / "worker.log", "wb") as log:  # the child keeps its own copy
         return subprocess.Popen(
             [sys.executable, "-m", "pynenc_lite.worker", "tests.tasks_lifecycle:app",
              "--processes", "1", "--threads", "1", *args],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
-    finally:
-        log.close()
 
 
 @pytest.fixture

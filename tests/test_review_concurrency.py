@@ -12,7 +12,13 @@ from typing import Any, Iterator, Optional, Sequence
 
 import pytest
 
-from pynenc_lite import InvocationCancelledError, PynencConfig, Pynenc, TaskTimeLimitError, ThreadRunner
+from pynenc_lite import (
+    InvocationCancelledError,
+    Pynenc,
+    PynencConfig,
+    TaskTimeLimitError,
+    ThreadRunner,
+)
 from pynenc_lite.backend.base import NewInvocation, Outcome
 from pynenc_lite.backend.sqlite import SQLiteBackend
 from pynenc_lite.errors import BackendError
@@ -256,7 +262,9 @@ def test_claim_cost_does_not_grow_with_the_finished_history_of_a_running_key(
 
     def finish_history(prefix: str, n: int) -> None:
         # A high running_limit lets the history be claimed in bulk; the key is the same.
-        backend.submit([_new(f"{prefix}{i}", running_key="k", running_limit=10**6) for i in range(n)])
+        backend.submit(
+            [_new(f"{prefix}{i}", running_key="k", running_limit=10**6) for i in range(n)]
+        )
         ids = _claim(backend, "h", T0, limit=n)
         backend.complete_many([Outcome(i, S.SUCCESS, b"") for i in ids], "h", T0)
 

@@ -76,16 +76,15 @@ class Workers:
         return env
 
     def start(self, *args: str, **env: str) -> subprocess.Popen[bytes]:
-        log = open(self.tmp_path / f"worker{len(self.started)}.log", "wb")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "pynenc_lite.worker", TARGET, *args],
-            cwd=ROOT,
-            env=self.env(**env),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: cleanup reaches the children
-        )
-        log.close()
+        with open(self.tmp_path / f"worker{len(self.started)}.log", "wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "pynenc_lite.worker", TARGET, *args],
+                cwd=ROOT,
+                env=self.env(**env),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: cleanup reaches the children
+            )
         self.started.append(process)
         return process
 
@@ -284,9 +283,8 @@ def test_task_defined_in_main_script_names_the_fix(workers: Workers, tmp_path: P
     out = subprocess.run(
         [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60
     )
-    assert "ERROR: task __main__.in_main was defined in the caller's __main__ script" in out.stdout, (
-        out.stdout + out.stderr
-    )
+    expected = "ERROR: task __main__.in_main was defined in the caller's __main__ script"
+    assert expected in out.stdout, out.stdout + out.stderr
     assert "importable module" in out.stdout
 
 

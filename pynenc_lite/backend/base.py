@@ -330,9 +330,9 @@ class Backend(abc.ABC):
         """Delete up to `limit` final invocations of the app that finished before
         `finished_before`, with their history. Returns how many were deleted."""
 
-    def maintain(self) -> None:
+    def maintain(self) -> None:  # noqa: B027 - an optional hook; doing nothing is right
         """Housekeeping that is better done off the callers' path (called by the hub's
         watcher about twice a second while there is activity). Default: nothing."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - an optional hook; doing nothing is right
         """Release connections and sockets held by this backend (idempotent)."""

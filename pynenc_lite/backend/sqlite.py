@@ -131,8 +131,6 @@ _T = TypeVar("_T")
 
 # Safety-net size of the WAL, in pages, before a commit checkpoints it itself.
 _AUTOCHECKPOINT_PAGES = 20000
-# WAL size, in pages, above which maintain() runs a passive checkpoint.
-_CHECKPOINT_PAGES = 500
 # How deep a claim looks past invocations held back by their running limit.
 _MAX_CLAIM_SCAN = 4096
 # SQLite's default limit on host parameters was 999 before 3.32; stay under it.

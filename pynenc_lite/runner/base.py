@@ -36,7 +36,7 @@ class BaseRunner(abc.ABC):
         # Makes "is it running? then mark it running" one step for concurrent run() calls.
         self._start_lock = threading.Lock()
 
-    def _reset(self) -> None:
+    def _reset(self) -> None:  # noqa: B027 - runners without state to clear keep it empty
         """Clear the state of a previous run (called by run() before it starts)."""
 
     @abc.abstractmethod

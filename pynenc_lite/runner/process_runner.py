@@ -49,7 +49,12 @@ MAX_RESPAWN_DELAY_SECONDS = 5.0
 
 
 def _child_main(
-    target: str, conf: PynencConfig, worker_id: str, threads: int, burst: bool, log_level: Optional[str]
+    target: str,
+    conf: PynencConfig,
+    worker_id: str,
+    threads: int,
+    burst: bool,
+    log_level: Optional[str],
 ) -> None:
     """Entry point of a worker process (module level, so `spawn` can import it)."""
     # Ctrl-C in a terminal reaches every process of the group; the supervisor alone decides,

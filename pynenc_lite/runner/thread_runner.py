@@ -32,11 +32,11 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Callable, Optional
 
-from pynenc_lite.backend.base import ClaimedInvocation, Outcome, WorkerInfo
-from pynenc_lite.runner.base import BaseRunner
 from pynenc_lite import cron
+from pynenc_lite.backend.base import ClaimedInvocation, Outcome, WorkerInfo
 from pynenc_lite.errors import TaskTimeLimitError
 from pynenc_lite.options import TaskOptions
+from pynenc_lite.runner.base import BaseRunner
 from pynenc_lite.runner.execution import failure_outcome, run_claimed, running_for
 
 if TYPE_CHECKING:
@@ -185,7 +185,12 @@ class ThreadRunner(BaseRunner):
         app = self.app
         backend, hub = app.backend, app.hub
         info = WorkerInfo(
-            self.worker_id, app.app_id, socket.gethostname(), os.getpid(), self.threads, self.clock()
+            self.worker_id,
+            app.app_id,
+            socket.gethostname(),
+            os.getpid(),
+            self.threads,
+            self.clock(),
         )
         backend.heartbeat(info, [], self.clock(), app.conf.lease_seconds)
         workers = [
@@ -508,7 +513,9 @@ class ThreadRunner(BaseRunner):
         """Hard stop (process runner children only): hand back our other work and end this
         process, which is the only way to stop a running Python thread. The supervisor
         starts a replacement."""
-        logger.warning("%s: ending worker process %d; its other work is handed back", reason, os.getpid())
+        logger.warning(
+            "%s: ending worker process %d; its other work is handed back", reason, os.getpid()
+        )
         self._stop_heartbeat.set()
         try:
             self.app.backend.release(self.worker_id)
