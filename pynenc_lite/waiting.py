@@ -22,15 +22,29 @@ This module does not decide what a result means (see `invocation`) nor run tasks
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures
 import logging
 import threading
 import time
+import weakref
 from typing import Callable, Optional
 
 from pynenc_lite.backend.base import Backend, Outcome
 
 logger = logging.getLogger(__name__)
+
+# Hubs whose watcher may be running. At exit they are closed (and their watchers joined)
+# before the interpreter tears down: a daemon watcher still inside a SQLite call while its
+# connection is freed would crash the process on the way out.
+_live_hubs: weakref.WeakSet[Hub] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_live_hubs() -> None:
+    for hub in list(_live_hubs):
+        hub.close(timeout=1.0)
+
 
 # How often, at most, the watcher lets the backend tidy up after changes (SQLite: a passive
 # WAL checkpoint, so that no caller's commit has to do one).
@@ -189,6 +203,7 @@ class Hub:
             self._watcher = threading.Thread(
                 target=self._watch, name="pynenc-lite-watcher", daemon=True
             )
+            _live_hubs.add(self)
             self._watcher.start()
 
     def _has_waiters(self) -> bool:

@@ -11,15 +11,32 @@ runner's own state changes, so supervising costs nothing while nothing happens.
 from __future__ import annotations
 
 import abc
+import atexit
 import multiprocessing.connection
 import os
 import signal
 import threading
 import types
+import weakref
 from typing import Any, Optional, Sequence
 
 # How often a waiting loop that cannot use the wake-up pipe checks the signal flags.
 SIGNAL_CHECK_SECONDS = 0.05
+# How long, at interpreter exit, runners still running in the background get to stop.
+EXIT_STOP_SECONDS = 2.0
+
+# Runners running now. One still running in a background thread when the interpreter exits
+# is asked to stop first, so its threads are not frozen inside SQLite calls on the way out.
+_running_runners: weakref.WeakSet[BaseRunner] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_running_runners() -> None:
+    runners = list(_running_runners)
+    for runner in runners:
+        runner.stop_runner_loop()
+    for runner in runners:
+        runner.wait_until_stopped(EXIT_STOP_SECONDS)
 
 
 class BaseRunner(abc.ABC):
@@ -90,6 +107,7 @@ class BaseRunner(abc.ABC):
             # Reset before marking it running: a stop asked for from now on is kept.
             self._reset()
             self._done.clear()
+            _running_runners.add(self)
         self._ready.clear()
         self._signals = 0
         read_fd, write_fd = os.pipe()
@@ -142,4 +160,5 @@ class BaseRunner(abc.ABC):
             for fd in self._wake_fds:
                 os.close(fd)
             self._wake_fds = None
+        _running_runners.discard(self)
         self._done.set()
