@@ -15,6 +15,7 @@ Prints a table; asserts nothing (speed is measured here, not in tests).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
 import os
 import platform
@@ -62,7 +63,7 @@ def wait_for_workers(db: str, count: int, timeout: float = 30) -> list[int]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            with sqlite3.connect(db) as conn:
+            with contextlib.closing(sqlite3.connect(db)) as conn:
                 pids = [r[0] for r in conn.execute("SELECT pid FROM workers")]
             if len(pids) >= count:
                 return pids

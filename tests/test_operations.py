@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -222,7 +223,7 @@ def test_database_stops_growing_under_steady_load(app: Pynenc, tmp_path: Path) -
                 time.sleep(0.05)
             wal = Path(f"{db}-wal")
             wal_sizes.append(wal.stat().st_size if wal.exists() else 0)
-            with sqlite3.connect(db) as conn:
+            with contextlib.closing(sqlite3.connect(db)) as conn:
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             sizes.append(db.stat().st_size)
     print("database file size (bytes) after each wave of 1,000 tasks:", sizes)

@@ -7,6 +7,7 @@ never hangs CI.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -111,12 +112,12 @@ def workers(db: Path, tmp_path: Path) -> Iterator[Workers]:
 
 def child_pids(db: Path) -> list[int]:
     """PIDs of worker processes that announced themselves (read straight from the file)."""
-    with sqlite3.connect(db) as conn:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
         return [row[0] for row in conn.execute("SELECT pid FROM workers")]
 
 
 def statuses(db: Path) -> dict[str, int]:
-    with sqlite3.connect(db) as conn:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
         rows = conn.execute("SELECT status, COUNT(*) FROM invocations GROUP BY status")
         return dict(rows.fetchall())
 

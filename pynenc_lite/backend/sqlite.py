@@ -31,6 +31,7 @@ import random
 import sqlite3
 import threading
 import time
+import weakref
 from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar
 
 from pynenc_lite.backend.base import (
@@ -171,6 +172,16 @@ def _log(c: sqlite3.Connection, entries: Sequence[tuple[str, str, float, Optiona
     )
 
 
+def _close_connections(connections: list[tuple[threading.Thread, sqlite3.Connection]]) -> None:
+    """Close and forget every connection in the list (best effort, idempotent)."""
+    while connections:
+        _, conn = connections.pop()
+        try:
+            conn.close()
+        except sqlite3.Error:  # pragma: no cover - closing is best effort
+            pass
+
+
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
     text = str(exc).lower()
     return "locked" in text or "busy" in text
@@ -204,6 +215,9 @@ class SQLiteBackend(Backend):
         self._schema_ready_pid: Optional[int] = None
         self._connections: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._closed = False
+        # A backend dropped without close() still closes its connections (Python 3.13 warns
+        # about every connection left for the garbage collector).
+        weakref.finalize(self, _close_connections, self._connections)
 
     def __repr__(self) -> str:
         return f"SQLiteBackend({self.path!r})"
@@ -233,7 +247,7 @@ class SQLiteBackend(Backend):
                 alive.append((thread, conn))
             else:
                 conn.close()
-        self._connections = alive
+        self._connections[:] = alive  # in place: the finalizer holds this list
 
     def _open(self) -> sqlite3.Connection:
         try:
@@ -289,12 +303,7 @@ class SQLiteBackend(Backend):
     def close(self) -> None:
         with self._setup_lock:
             self._closed = True
-            connections, self._connections = self._connections, []
-        for _, conn in connections:
-            try:
-                conn.close()
-            except sqlite3.Error:  # pragma: no cover - closing is best effort
-                pass
+        _close_connections(self._connections)
 
     # -- transactions -----------------------------------------------------------------------
 
