@@ -216,8 +216,10 @@ class SQLiteBackend(Backend):
         self._connections: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._closed = False
         # A backend dropped without close() still closes its connections (Python 3.13 warns
-        # about every connection left for the garbage collector).
-        weakref.finalize(self, _close_connections, self._connections)
+        # about every connection left for the garbage collector). Not at interpreter exit:
+        # finalizers run before other exit handlers, and closing a connection while a
+        # daemon thread is inside a call on it crashes the process.
+        weakref.finalize(self, _close_connections, self._connections).atexit = False
 
     def __repr__(self) -> str:
         return f"SQLiteBackend({self.path!r})"
