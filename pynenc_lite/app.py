@@ -12,6 +12,7 @@ never opens a database. Those lazy parts read the configuration when they are ma
 
 from __future__ import annotations
 
+import concurrent.futures
 import importlib
 import logging
 import os
@@ -211,7 +212,11 @@ class Pynenc:
         runner = self._runner
         if runner is not None and runner.is_running:
             runner.stop_runner_loop()
-            runner.wait_until_stopped(self.conf.shutdown_grace_seconds + 5.0)
+            wait = self.conf.shutdown_grace_seconds + 5.0
+            if not runner.wait_until_stopped(wait):
+                logger.warning(
+                    "%r did not stop within %.0fs; closing its backend anyway", runner, wait
+                )
         with self._lock:
             if self._hub is not None:
                 self._hub.close()
@@ -247,10 +252,10 @@ class Pynenc:
         hub = self.hub
         # Registered before storing, so that no outcome can arrive unseen; kept here, since
         # a fast worker may resolve (and the hub forget) them before submit() returns.
-        futures = [
-            hub.future_for(r.invocation_id, check_stored=False) if awaited else None
-            for r in records
-        ]
+        futures: list[Optional[concurrent.futures.Future[Any]]] = [None] * len(records)
+        if awaited:
+            ids = [r.invocation_id for r in records]
+            futures = list(hub.futures_for(ids, check_stored=False))
         try:
             ids = self.backend.submit(records)
         except BaseException:
@@ -264,7 +269,7 @@ class Pynenc:
                 # Registration concurrency: an equal call is already waiting; share it.
                 hub.forget(record.invocation_id)
                 future = hub.future_for(invocation_id)
-            invocations.append(Invocation(self, task.name, invocation_id, future))  # type: ignore[arg-type]
+            invocations.append(Invocation(self, task.name, invocation_id, future))
         return invocations
 
     def _new_invocation(
@@ -298,8 +303,6 @@ class Pynenc:
     def _run_inline(
         self, task: Task[R], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Invocation[R]:
-        import concurrent.futures
-
         round_trip = self.conf.dev_mode_pickle_round_trip
         if round_trip:
             data = serializer.dumps_call(task.name, args, kwargs)
@@ -341,7 +344,7 @@ class Pynenc:
         """A handle on a stored invocation, by id (for example from another process).
 
         Raises:
-            LookupError: no such invocation is stored.
+            InvocationNotFoundError: (a LookupError) no such invocation is stored.
         """
         record = self.backend.get_invocation(invocation_id)
         if record is None:

@@ -138,8 +138,8 @@ FIELDS: tuple[Field, ...] = (
           "pynenc compatibility, informational: pynenc_lite always uses one backend.",
           choices=_backend_choices("StateBackend"), hint=_BACKEND_HINT),
     Field("runner_cls", str, "ThreadRunner",
-          "Runner started by workers; pynenc's PersistentProcessRunner and MultiThreadRunner "
-          "are read as ProcessRunner.",
+          "Runner made by app.runner (the worker command chooses with --processes); "
+          "pynenc's PersistentProcessRunner and MultiThreadRunner are read as ProcessRunner.",
           choices=(("ThreadRunner", "ThreadRunner"), ("ProcessRunner", "ProcessRunner"),
                    ("PersistentProcessRunner", "ProcessRunner"),
                    ("MultiThreadRunner", "ProcessRunner")),
@@ -147,7 +147,8 @@ FIELDS: tuple[Field, ...] = (
                "dev_mode_force_sync_tasks = true"),
     Field("max_threads", int, 16, "Threads per runner (per worker process).", minimum=1),
     Field("runner_processes", int, 0,
-          "Worker processes for ProcessRunner; 0 means os.cpu_count().", minimum=0),
+          "Worker processes of app.runner when it is a ProcessRunner; 0 means "
+          "os.cpu_count() (the worker command uses --processes).", minimum=0),
     Field("lease_seconds", float, 10.0,
           "How long a claim stays valid without a heartbeat; an expired claim is run again "
           "elsewhere.", minimum=0.0, exclusive=True),
@@ -173,7 +174,9 @@ FIELDS: tuple[Field, ...] = (
     Field("result_timeout_seconds", float, None,
           "Default timeout of direct_task calls and .result; None waits for ever (with the "
           "warning above).", optional=True, minimum=0.0),
-    Field("logging_level", str, "INFO", "Level of the pynenc_lite loggers.",
+    Field("logging_level", str, "INFO",
+          "Log level of `python -m pynenc_lite.worker` (and its worker processes) unless "
+          "--log-level is given; the library itself configures no logging.",
           choices=_same("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")),
     Field("result_ttl_seconds", float, 7 * 24 * 3600.0,
           "How long finished invocations and their results are kept; workers then delete "

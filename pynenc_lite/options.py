@@ -209,7 +209,15 @@ class TaskOptions:
         return max(0.0, delay * (1 + self.retry_jitter * random.uniform(-1, 1)))
 
     def _retry_classes(self) -> tuple[type, ...]:
-        return tuple(resolve_exception(spec) for spec in self.retry_for)
+        classes = []
+        for spec in self.retry_for:
+            try:
+                classes.append(resolve_exception(spec))
+            except ValueError as exc:
+                # Deciding about a retry must never fail: the failure it decides about
+                # would be lost. Say so, and retry only for the names that resolve.
+                logger.error("%s; it is ignored (fix the task's retry_for)", exc)
+        return tuple(classes)
 
 
 def resolve_exception(spec: ExceptionSpec) -> type:

@@ -62,8 +62,3 @@ ALLOWED_TRANSITIONS: dict[InvocationStatus, frozenset[InvocationStatus]] = {
 def sources_of(target: InvocationStatus) -> tuple[str, ...]:
     """The stored values an invocation may have just before entering `target`."""
     return tuple(sorted(s.value for s in ALLOWED_TRANSITIONS[target]))
-
-
-def can_transition(source: InvocationStatus, target: InvocationStatus) -> bool:
-    """True when the model allows `source -> target`."""
-    return source in ALLOWED_TRANSITIONS[target]

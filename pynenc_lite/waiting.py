@@ -4,7 +4,7 @@
     ───────────────                               ───────────────
     caller ── submit ──► notify_work() ─┐          commits to the database
                                         ▼                 │
-    runner dispatcher ◄── work listener / wait_for_work   │
+    runner dispatcher ◄── work listener                   │
                                                           ▼
     runner ── complete ──► resolve(outcome)          watcher thread: backend.wait_for_change()
                                         │                 │  (SQLite: PRAGMA data_version,
@@ -57,15 +57,11 @@ class Hub:
     def __init__(self, backend: Backend, *, watch_timeout_seconds: float = 0.1) -> None:
         self._backend = backend
         self._watch_timeout_seconds = watch_timeout_seconds
-        # Guards _futures, _work_listeners, _work_epoch, _work_waiters, _seq, _watcher and
-        # _closed. Notified
-        # when work may have appeared (epoch bumped), when somebody starts waiting (so the
-        # watcher wakes up), and on close.
+        # Guards _futures, _work_listeners, _seq, _watcher and _closed. Notified when
+        # somebody starts waiting (so the idle watcher wakes up), and on close.
         self._cond = threading.Condition()
         self._futures: dict[str, concurrent.futures.Future[Outcome]] = {}
         self._work_listeners: list[Callable[[], None]] = []
-        self._work_epoch = 0
-        self._work_waiters = 0
         self._seq: Optional[int] = None  # newest outcome sequence number the watcher saw
         self._watcher: Optional[threading.Thread] = None
         self._closed = False
@@ -93,9 +89,9 @@ class Hub:
         return future
 
     def futures_for(
-        self, invocation_ids: list[str]
+        self, invocation_ids: list[str], *, check_stored: bool = True
     ) -> list[concurrent.futures.Future[Outcome]]:
-        """`future_for` for many invocations, with one stored-outcome read for all."""
+        """`future_for` for many invocations: one lock, one stored-outcome read for all."""
         self._ensure_seq()
         futures = []
         with self._cond:
@@ -106,8 +102,9 @@ class Hub:
                 futures.append(future)
             self._ensure_watcher()
             self._cond.notify_all()
-        for outcome in self._backend.get_outcomes(invocation_ids):
-            self.resolve(outcome)
+        if check_stored:
+            for outcome in self._backend.get_outcomes(invocation_ids):
+                self.resolve(outcome)
         return futures
 
     def resolve(self, outcome: Outcome) -> None:
@@ -124,17 +121,10 @@ class Hub:
 
     # -- work -------------------------------------------------------------------------------
 
-    @property
-    def work_epoch(self) -> int:
-        """A number that changes whenever work may have appeared. Read it before looking for
-        work, and pass it to `wait_for_work`, so a submission in between is never missed."""
-        return self._work_epoch
-
     def notify_work(self) -> None:
-        """Say that work may have appeared (a submission in this process, or a stop)."""
+        """Say that work may have appeared (a submission in this process, or a change seen
+        by the watcher): every work listener is called."""
         with self._cond:
-            self._work_epoch += 1
-            self._cond.notify_all()
             listeners = list(self._work_listeners)
         for listener in listeners:
             listener()
@@ -156,23 +146,6 @@ class Hub:
         with self._cond:
             if listener in self._work_listeners:
                 self._work_listeners.remove(listener)
-
-    def wait_for_work(self, epoch: int, timeout: float) -> bool:
-        """Block until the work epoch differs from `epoch`, or `timeout` seconds pass.
-
-        Returns True when woken by a change, False on timeout.
-        """
-        self._ensure_seq()
-        with self._cond:
-            self._work_waiters += 1
-            self._ensure_watcher()
-            self._cond.notify_all()
-            try:
-                return self._cond.wait_for(
-                    lambda: self._work_epoch != epoch or self._closed, timeout
-                )
-            finally:
-                self._work_waiters -= 1
 
     # -- the watcher ------------------------------------------------------------------------
 
@@ -207,12 +180,7 @@ class Hub:
             self._watcher.start()
 
     def _has_waiters(self) -> bool:
-        return (
-            bool(self._futures)
-            or bool(self._work_listeners)
-            or self._work_waiters > 0
-            or self._closed
-        )
+        return bool(self._futures) or bool(self._work_listeners) or self._closed
 
     def _watch(self) -> None:
         token: Optional[int] = None

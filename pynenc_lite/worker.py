@@ -63,9 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--log-level",
-        default="INFO",
+        default=None,
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="logging level (DEBUG also shows tracebacks of failed imports)",
+        help="logging level (default: the app's logging_level setting, INFO unless "
+        "configured; DEBUG also shows tracebacks of failed imports)",
     )
     return parser
 
@@ -75,13 +76,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=args.log_level,
+        level=args.log_level or "INFO",  # until the app's own setting is known
         format="%(asctime)s %(levelname)s [%(processName)s] %(name)s: %(message)s",
     )
     if args.processes < 0 or (args.threads is not None and args.threads < 1):
         parser.error("--processes must be >= 0 and --threads >= 1")
     try:
         app, target = load_app(args.target)
+        if args.log_level is None:
+            logging.getLogger().setLevel(app.conf.logging_level)
         if args.db:
             app.conf.sqlite_db_path = args.db
         if not app.tasks:

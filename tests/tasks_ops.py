@@ -15,8 +15,8 @@ app = Pynenc("ops_tests")
 
 gate = threading.Event()
 _lock = threading.Lock()
-running_now = 0
-most_at_once = 0
+running_now: dict[str, int] = {}  # key -> how many run now
+most_at_once: dict[str, int] = {}  # key -> the most that ran at once
 
 
 @app.task(registration_concurrency=CC.TASK)
@@ -34,25 +34,24 @@ def one_per_user(user: str, note: str) -> str:
     return f"{user}:{note}"
 
 
-def _enter_and_leave(hold: float) -> None:
-    global running_now, most_at_once
+def _enter_and_leave(key: str, hold: float) -> None:
     with _lock:
-        running_now += 1
-        most_at_once = max(most_at_once, running_now)
+        running_now[key] = running_now.get(key, 0) + 1
+        most_at_once[key] = max(most_at_once.get(key, 0), running_now[key])
     gate.wait(hold)
     with _lock:
-        running_now -= 1
+        running_now[key] -= 1
 
 
 @app.task(running_concurrency=CC.TASK)
 def one_at_a_time(i: int) -> int:
-    _enter_and_leave(0.005)
+    _enter_and_leave("task", 0.005)
     return i
 
 
 @app.task(running_concurrency=CC.KEYS, key_arguments=["key"], running_concurrency_limit=3)
 def three_per_key(key: str, i: int) -> int:
-    _enter_and_leave(0.005)
+    _enter_and_leave(key, 0.005)
     return i
 
 

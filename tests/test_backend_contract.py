@@ -146,7 +146,7 @@ def test_submit_nothing_is_a_no_op(backend: Backend) -> None:
 
 def test_submit_is_atomic_a_duplicate_id_stores_nothing_of_its_batch(backend: Backend) -> None:
     backend.submit([new("a", task_name="first")])
-    with pytest.raises(Exception):  # noqa: B017 - the type is checked by the next test
+    with pytest.raises(BackendError):
         backend.submit([new("c"), new("a", task_name="second"), new("d")])
     assert backend.get_invocation("c") is None
     assert backend.get_invocation("d") is None

@@ -361,3 +361,26 @@ def test_cron_fires_once_with_four_worker_processes(app: Pynenc, tmp_path: Path)
     ids = _cron_invocations(app)
     assert fired == len(ids) == 12  # 12:05, 12:10, ..., 13:00 — each once
     assert len(set(ids)) == 12
+
+
+def test_an_unimportable_retry_for_name_does_not_break_the_runner(app: Pynenc) -> None:
+    """A dotted name in retry_for that does not import must not lose the failure nor stop
+    the runner (deciding about a retry used to raise in the worker thread and, past a time
+    limit, in the dispatcher)."""
+
+    def boom() -> None:
+        raise ValueError("boom")
+
+    def stuck() -> None:
+        tl.release.wait(10)
+
+    bad = app.direct_task(retry_for="nosuchmodule.Boom", max_retries=2)(boom)
+    slow = app.direct_task(retry_for="nosuchmodule.Boom", max_retries=2,
+                           time_limit_seconds=0.2)(stuck)
+    with app.runner:
+        with pytest.raises(ValueError, match="boom"):
+            bad()
+        with pytest.raises(TaskTimeLimitError):
+            slow()
+        assert tl.record_run("still serving").get_result(10) == "still serving"
+    tl.release.set()

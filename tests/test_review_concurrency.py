@@ -1,6 +1,7 @@
-"""Adversarial review: concurrency and failure cases of the hub, the thread runner and the
-SQLite backend. Each test that fails names a real bug (see the docstrings); each wait is
-bounded, and the runners use an injected clock where time matters."""
+"""Regressions from an adversarial review: concurrency and failure cases of the hub, the
+thread runner and the SQLite backend. Each test reproduces a bug that review found (the
+docstrings say what used to happen); each wait is bounded, and the runners use an injected
+clock where time matters."""
 
 from __future__ import annotations
 
@@ -96,7 +97,7 @@ class FirstLookGated(SQLiteBackend):
 def test_watcher_started_late_still_delivers_an_outcome_stored_before_its_first_look(
     tmp_path: Path,
 ) -> None:
-    """BUG (lost wake-up): Hub._watch takes its first data_version token *after* the thread
+    """Regression (lost wake-up): Hub._watch takes its first data_version token *after* the thread
     starts and never collects for it, so an outcome committed by another process between
     the future's registration and that first look is seen only at the next, unrelated commit
     (never, on an idle system): the caller waits for ever (result_timeout_seconds=None)."""
@@ -118,7 +119,7 @@ def test_watcher_started_late_still_delivers_an_outcome_stored_before_its_first_
 
 
 def test_a_handle_waiting_across_app_close_gets_the_stored_outcome(app: Pynenc) -> None:
-    """BUG (lost wake-up, minor): a handle whose future belongs to a hub that app.close()
+    """Regression (lost wake-up, minor): a handle whose future belongs to a hub that app.close()
     closed is never resolved; Invocation._wait reads the record every step but never looks
     at its outcome, so it waits although the outcome is stored."""
     invocation = tr.add(2, 3)
@@ -135,7 +136,7 @@ def test_a_handle_waiting_across_app_close_gets_the_stored_outcome(app: Pynenc) 
 def test_a_task_raising_a_base_exception_gets_an_outcome_and_keeps_its_thread(
     app: Pynenc,
 ) -> None:
-    """BUG (nothing lost / hang): run_claimed catches only Exception and SystemExit. A task
+    """Regression (nothing lost / hang): run_claimed catches only Exception and SystemExit. A task
     raising asyncio.CancelledError (a BaseException since 3.8; what an async task gets when
     an inner await is cancelled), KeyboardInterrupt or GeneratorExit kills the worker thread:
     the invocation stays RUNNING with its id in `_running` (so heartbeats extend its lease
@@ -151,7 +152,7 @@ def test_a_task_raising_a_base_exception_gets_an_outcome_and_keeps_its_thread(
 def test_time_limit_of_a_retry_holds_while_the_abandoned_first_attempt_still_runs(
     app: Pynenc,
 ) -> None:
-    """BUG (race on _running): ThreadRunner._running is keyed by invocation id. After a time
+    """Regression (race on _running): ThreadRunner._running is keyed by invocation id. After a time
     limit turns attempt 1 into a RETRY, attempt 2 is claimed while attempt 1's thread still
     runs (threads cannot be stopped): _claim overwrites the entry, and when attempt 1 returns
     `_work` pops attempt 2's entry. Attempt 2 then has no time limit, is not listed in
@@ -185,7 +186,7 @@ class FailsFirstStore(SQLiteBackend):
 
 
 def test_an_outcome_whose_store_failed_once_is_stored_later(app: Pynenc) -> None:
-    """BUG (outcome dropped): ThreadRunner._store logs a failed complete_many and drops the
+    """Regression (outcome dropped): ThreadRunner._store logs a failed complete_many and drops the
     outcomes. The invocation stays RUNNING until its lease (10 s here) runs out, then runs
     again and counts a *lost attempt*: with max_lost_attempts=1 a task that succeeded ends
     FAILED with WorkerLostError ("the worker vanished"), which is false."""
@@ -232,7 +233,7 @@ def test_cancel_during_a_retry_wait_releases_the_caller_and_never_runs_again(
 
 
 def test_a_held_back_registered_row_does_not_starve_a_runnable_retry(tmp_path: Path) -> None:
-    """BUG (work never claimed): _claimable pages both statuses with one shared OFFSET but
+    """Regression (work never claimed): _claimable pages both statuses with one shared OFFSET but
     keeps only the first `page` of their merge, so rows of one status that fell past that
     cut are skipped. With one idle thread (limit=1), a RETRY row queued behind a REGISTERED
     row held back by its running limit is never claimed while that row waits."""
@@ -254,7 +255,7 @@ def test_a_held_back_registered_row_does_not_starve_a_runnable_retry(tmp_path: P
 def test_claim_cost_does_not_grow_with_the_finished_history_of_a_running_key(
     tmp_path: Path,
 ) -> None:
-    """BUG (index): the running-limit count `running_key = ? AND status = 'RUNNING'` uses
+    """Regression (index): the running-limit count `running_key = ? AND status = 'RUNNING'` uses
     ix_invocations_running (app_id, running_key), which holds every row that ever had the
     key until result_ttl_seconds (7 days) deletes it; each claim, inside the write lock,
     reads them all. Measured with SQLite's progress handler (VM steps), not with a clock."""

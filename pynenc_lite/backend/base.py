@@ -229,7 +229,7 @@ class Backend(abc.ABC):
         it still holds to `now + lease_seconds` (a lease it holds but does not list runs out).
 
         Returns those of the `running` invocation ids the worker no longer holds (cancelled,
-        or failed for a time limit), so the runner can stop or flag them.
+        or taken over after its lease expired), so the runner can stop or flag them.
         """
 
     @abc.abstractmethod

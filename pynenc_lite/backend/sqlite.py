@@ -132,14 +132,16 @@ _T = TypeVar("_T")
 
 # Safety-net size of the WAL, in pages, before a commit checkpoints it itself.
 _AUTOCHECKPOINT_PAGES = 20000
+# Size the WAL file is truncated to once a checkpoint has emptied it.
+_WAL_SIZE_LIMIT_BYTES = 16 * 1024 * 1024
 # How deep a claim looks past invocations held back by their running limit.
 _MAX_CLAIM_SCAN = 4096
 # SQLite's default limit on host parameters was 999 before 3.32; stay under it.
 _MAX_PARAMS = 900
 
-_CLAIMABLE = tuple(sorted(s.value for s in CLAIMABLE_STATUSES))
 # Waiting statuses are written into the SQL text, not bound: only then can SQLite use the
 # partial index of that status (it cannot prove a bound parameter satisfies an index WHERE).
+_CLAIMABLE = tuple(sorted(s.value for s in CLAIMABLE_STATUSES))
 _LEASED = tuple(sorted(s.value for s in LEASED_STATUSES))
 # Statuses each transition may start from, as SQL parameters (from status.py, the one place
 # that defines the model).
@@ -266,6 +268,8 @@ class SQLiteBackend(Backend):
             # WAL back itself only as a safety net when nobody has for a long while (the
             # default, 1,000 pages, made every ~80th call pay a 4 ms checkpoint).
             conn.execute(f"PRAGMA wal_autocheckpoint={_AUTOCHECKPOINT_PAGES}")
+            # After a checkpoint empties it, the WAL file is cut back to this size.
+            conn.execute(f"PRAGMA journal_size_limit={_WAL_SIZE_LIMIT_BYTES}")
         except (OSError, sqlite3.Error) as exc:
             raise BackendError(
                 f"cannot open the SQLite database at {self.path!r}: {exc}. Check that its "

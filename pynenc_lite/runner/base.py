@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 import atexit
+import logging
 import multiprocessing.connection
 import os
 import signal
@@ -20,8 +21,13 @@ import types
 import weakref
 from typing import Any, Optional, Sequence
 
-# How often a waiting loop that cannot use the wake-up pipe checks the signal flags.
-SIGNAL_CHECK_SECONDS = 0.05
+logger = logging.getLogger(__name__)
+
+# How often `__enter__` checks that the runner it started in the background is still alive.
+READY_CHECK_SECONDS = 0.05
+# How long leaving `with runner:` waits for the runner to stop before it says so and goes on
+# (longer than the default grace period plus the time to hand work back).
+EXIT_JOIN_SECONDS = 60.0
 # How long, at interpreter exit, runners still running in the background get to stop.
 EXIT_STOP_SECONDS = 2.0
 
@@ -83,7 +89,7 @@ class BaseRunner(abc.ABC):
             target=self.run, name="pynenc-lite-runner", daemon=True
         )
         self._background.start()
-        while not self._ready.wait(SIGNAL_CHECK_SECONDS):
+        while not self._ready.wait(READY_CHECK_SECONDS):
             if not self._background.is_alive():
                 raise RuntimeError(f"{self!r} failed to start; see the log for the reason")
         return self
@@ -91,7 +97,16 @@ class BaseRunner(abc.ABC):
     def __exit__(self, *exc_info: Any) -> None:
         self.stop_runner_loop()
         if self._background is not None:
-            self._background.join()
+            # Bounded: a stop that hangs (storage that stopped answering) is reported, not
+            # waited for in silence. The runner thread is a daemon and keeps trying.
+            self._background.join(EXIT_JOIN_SECONDS)
+            if self._background.is_alive():
+                logger.warning(
+                    "%r did not stop within %.0fs of leaving its `with` block; it goes on "
+                    "stopping in the background",
+                    self,
+                    EXIT_JOIN_SECONDS,
+                )
             self._background = None
 
     def _begin(self) -> dict[int, Any]:

@@ -47,6 +47,9 @@ class RunningInvocation:
         return self.cancelled.is_set()
 
 
+# The options of a task that cannot be found (its failure is reported as it is).
+DEFAULT_OPTIONS = TaskOptions()
+
 _current: contextvars.ContextVar[Optional[RunningInvocation]] = contextvars.ContextVar(
     "pynenc_lite_current_invocation", default=None
 )
@@ -95,15 +98,15 @@ def running_as(running: RunningInvocation) -> Iterator[RunningInvocation]:
 def run_claimed(
     app: Pynenc,
     claimed: ClaimedInvocation,
-    worker_id: str,
+    running: RunningInvocation,
     clock: Callable[[], float],
-    running: Optional[RunningInvocation] = None,
 ) -> Outcome:
-    """Run `claimed` in this thread and return its outcome (never raises an Exception)."""
-    options = TaskOptions()
+    """Run `claimed` in this thread as `running` (what `current_invocation()` returns) and
+    return its outcome. Never raises."""
+    options = DEFAULT_OPTIONS
     started = time.perf_counter()
     log = logger.isEnabledFor(logging.INFO)
-    with running_as(running or running_for(claimed, worker_id)):
+    with running_as(running):
         try:
             task = app.resolve_task(claimed.task_name)
             options = task.options

@@ -35,9 +35,13 @@ from typing import TYPE_CHECKING, Callable, Optional
 from pynenc_lite import cron
 from pynenc_lite.backend.base import ClaimedInvocation, Outcome, WorkerInfo
 from pynenc_lite.errors import TaskTimeLimitError
-from pynenc_lite.options import TaskOptions
 from pynenc_lite.runner.base import BaseRunner
-from pynenc_lite.runner.execution import failure_outcome, run_claimed, running_for
+from pynenc_lite.runner.execution import (
+    DEFAULT_OPTIONS,
+    failure_outcome,
+    run_claimed,
+    running_for,
+)
 
 if TYPE_CHECKING:
     from pynenc_lite.app import Pynenc
@@ -71,7 +75,7 @@ class _Running:
         try:
             self.options = app.resolve_task(claimed.task_name).options
         except Exception:
-            self.options = TaskOptions()  # run_claimed reports why the task is missing
+            self.options = DEFAULT_OPTIONS  # run_claimed reports why the task is missing
         limit = self.options.time_limit_seconds
         self.deadline = None if limit is None else now + limit
         self.abandoned = False  # its outcome was decided elsewhere: drop the thread's own
@@ -153,7 +157,7 @@ class ThreadRunner(BaseRunner):
         """
         previous = self._begin()
         try:
-            self._run(burst, on_main=bool(previous))
+            self._run(burst)
         finally:
             self._end(previous)
 
@@ -181,7 +185,7 @@ class ThreadRunner(BaseRunner):
 
     # -- the loop ---------------------------------------------------------------------------
 
-    def _run(self, burst: bool, on_main: bool) -> None:
+    def _run(self, burst: bool) -> None:
         app = self.app
         backend, hub = app.backend, app.hub
         info = WorkerInfo(
@@ -250,7 +254,6 @@ class ThreadRunner(BaseRunner):
         grace_end: Optional[float] = None  # once stopping
         while True:
             now = self.clock()
-            self._enforce_time_limits(now)
             if has_cron and now >= next_cron:
                 next_cron = now + CRON_CHECK_SECONDS
                 self._fire_cron(now)
@@ -440,7 +443,6 @@ class ThreadRunner(BaseRunner):
         return claimed
 
     def _work(self, work: queue.SimpleQueue[Optional[_Running]], generation: int) -> None:
-        worker_id = self.worker_id
         while True:
             entry = work.get()
             if entry is None:
@@ -451,9 +453,7 @@ class ThreadRunner(BaseRunner):
                 return
             outcome: Optional[Outcome] = None
             try:
-                outcome = run_claimed(
-                    self.app, entry.claimed, worker_id, self.clock, running=entry.info
-                )
+                outcome = run_claimed(self.app, entry.claimed, entry.info, self.clock)
             except BaseException:  # a bug here must not cost the pool a thread
                 logger.exception(
                     "running invocation %s failed inside pynenc_lite; its lease will expire "
