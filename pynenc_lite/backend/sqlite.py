@@ -18,12 +18,15 @@ Decisions, each for a reason:
 
 Cross-process change detection uses `PRAGMA data_version`, which reads no table: it changes
 on a connection when another connection commits. `wait_for_change` polls it, starting at
-`poll_min_seconds` and backing off to `poll_max_seconds`, so a waiter notices a commit from
-another process within about a millisecond while an idle one costs almost nothing.
+`poll_min_seconds` and backing off. On Linux the waiting thread also names a datagram socket
+in the `listeners` table and sleeps on it; every commit nudges the other listeners
+(`wakeup.py`), so the back-off may go up to a second while a commit still wakes the waiter
+within microseconds. Without nudges the back-off stops at `poll_max_seconds`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import logging
 import os
@@ -34,6 +37,7 @@ import time
 import weakref
 from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar
 
+from pynenc_lite.backend import wakeup
 from pynenc_lite.backend.base import (
     AppStats,
     Backend,
@@ -117,6 +121,11 @@ CREATE TABLE IF NOT EXISTS cron_state (
     moment REAL NOT NULL,               -- the latest scheduled moment already handled
     PRIMARY KEY (app_id, task_name)
 );
+CREATE TABLE IF NOT EXISTS listeners (
+    name TEXT PRIMARY KEY,              -- a waiting process's nudge socket (see wakeup.py)
+    pid INTEGER NOT NULL,
+    created_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS workers (
     worker_id TEXT PRIMARY KEY,
     app_id TEXT NOT NULL,
@@ -130,6 +139,12 @@ CREATE TABLE IF NOT EXISTS workers (
 
 _T = TypeVar("_T")
 
+# With nudges (wakeup.py), a waiter polls this rarely: the nudge ends its sleep at once.
+_NUDGED_POLL_MAX_SECONDS = 1.0
+# Commits closer together than this share one nudge.
+_NUDGE_SPACING_SECONDS = 0.002
+# How often a committing process re-reads the names of the listeners it nudges.
+_LISTENERS_REFRESH_SECONDS = 0.2
 # Safety-net size of the WAL, in pages, before a commit checkpoints it itself.
 _AUTOCHECKPOINT_PAGES = 20000
 # Size the WAL file is truncated to once a checkpoint has emptied it.
@@ -217,6 +232,15 @@ class SQLiteBackend(Backend):
         self._schema_ready_pid: Optional[int] = None
         self._connections: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._closed = False
+        # Nudges between processes (wakeup.py); the listener belongs to the one thread that
+        # waits with it (the hub's watcher), the nudger is shared.
+        self._wakeup_prefix = "pynenc-lite." + hashlib.sha1(self.path.encode()).hexdigest()[:12]
+        self._listener: Optional[wakeup.Listener] = None
+        self._listener_owner: Optional[tuple[int, int]] = None  # (pid, thread id)
+        self._nudger: Optional[wakeup.Nudger] = None
+        self._peers: list[str] = []  # listener names to nudge, as last read
+        self._peers_read_at = -1e9
+        self._nudged_at = -1e9
         # A backend dropped without close() still closes its connections (Python 3.13 warns
         # about every connection left for the garbage collector). Not at interpreter exit:
         # finalizers run before other exit handlers, and closing a connection while a
@@ -304,9 +328,25 @@ class SQLiteBackend(Backend):
                     c.execute(statement)
 
         self._retry_busy(lambda: conn.execute("PRAGMA journal_mode=WAL").fetchone())
-        self._write_txn(setup, conn)
+        self._write_txn(setup, conn, nudge=False)  # a nudge would reopen this connection
 
     def close(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None and self._listener_owner is not None:
+            if self._listener_owner[0] == os.getpid():
+                try:
+                    self._write_txn(
+                        lambda c: c.execute(
+                            "DELETE FROM listeners WHERE name = ?", (listener.name,)
+                        ),
+                        nudge=False,
+                    )
+                except Exception:
+                    pass  # others drop the name when a nudge to it fails
+            listener.close()
+        if self._nudger is not None:
+            self._nudger.close()
+            self._nudger = None
         with self._setup_lock:
             self._closed = True
         _close_connections(self._connections)
@@ -334,7 +374,10 @@ class SQLiteBackend(Backend):
                 delay = min(delay * 2, 0.005)
 
     def _write_txn(
-        self, body: Callable[[sqlite3.Connection], _T], conn: Optional[sqlite3.Connection] = None
+        self,
+        body: Callable[[sqlite3.Connection], _T],
+        conn: Optional[sqlite3.Connection] = None,
+        nudge: bool = True,
     ) -> _T:
         conn = conn if conn is not None else self._conn()
         with self._write_lock:
@@ -351,7 +394,40 @@ class SQLiteBackend(Backend):
                         f"is stored): {type(exc).__name__}: {exc}"
                     ) from exc
                 raise
+        if nudge and wakeup.AVAILABLE:
+            self._nudge_peers()
         return result
+
+    def _nudge_peers(self) -> None:
+        """Tell the other waiting processes that something was committed (best effort)."""
+        try:
+            now = time.monotonic()
+            if now - self._nudged_at < _NUDGE_SPACING_SECONDS:
+                # Nudged a moment ago: the others were woken then and, having just seen a
+                # change, poll quickly for a while; under load this saves a nudge a commit.
+                return
+            self._nudged_at = now
+            if now - self._peers_read_at > _LISTENERS_REFRESH_SECONDS:
+                own = self._listener.name if self._listener is not None else None
+                rows = self._read("SELECT name FROM listeners")
+                self._peers = [row[0] for row in rows if row[0] != own]
+                self._peers_read_at = now
+            if not self._peers:
+                return
+            if self._nudger is None:
+                self._nudger = wakeup.Nudger()
+            gone = self._nudger.nudge(self._peers)
+            if gone:
+                self._peers = [name for name in self._peers if name not in gone]
+                self._write_txn(
+                    lambda c: c.executemany(
+                        "DELETE FROM listeners WHERE name = ?", [(name,) for name in gone]
+                    ),
+                    nudge=False,
+                )
+        except Exception:
+            # Nudges only speed waiting up; polling still notices every change.
+            logger.debug("nudging other processes failed", exc_info=True)
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         conn = self._conn()
@@ -972,6 +1048,30 @@ class SQLiteBackend(Backend):
             return 0
         return self._write_txn(body)
 
+    def _own_listener(self) -> Optional[wakeup.Listener]:
+        """This thread's nudge listener, made and named in the database on first use; None
+        where nudges are not available or another thread already waits with it."""
+        if not wakeup.AVAILABLE:
+            return None
+        me = (os.getpid(), threading.get_ident())
+        if self._listener is not None and self._listener_owner == me:
+            return self._listener
+        if self._listener is not None and self._listener_owner[0] == os.getpid():  # type: ignore[index]
+            return None  # one listener per process: other threads poll
+        try:
+            listener = wakeup.Listener(self._wakeup_prefix)
+            self._write_txn(
+                lambda c: c.execute(
+                    "INSERT OR REPLACE INTO listeners (name, pid, created_at) VALUES (?, ?, ?)",
+                    (listener.name, os.getpid(), time.time()),
+                )
+            )
+        except (OSError, BackendError):
+            logger.debug("no nudge listener; waiting polls instead", exc_info=True)
+            return None
+        self._listener, self._listener_owner = listener, me
+        return listener
+
     def maintain(self) -> None:
         # PASSIVE: copies what no reader still needs, never waits for a lock, never blocks
         # writers. Run on this thread's own connection.
@@ -997,15 +1097,30 @@ class SQLiteBackend(Backend):
         if token is None:
             return current
         # The back-off carries over between calls from the same thread: a watcher that
-        # saw nothing change keeps polling slowly until something does.
+        # saw nothing change keeps polling slowly until something does. With a nudge
+        # listener it may poll much more slowly: a nudge ends the sleep at once.
+        listener = self._own_listener()
+        ceiling = _NUDGED_POLL_MAX_SECONDS if listener is not None else self.poll_max_seconds
         interval = getattr(local, "poll_interval", self.poll_min_seconds)
         deadline = time.monotonic() + timeout
         while current == token:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            time.sleep(min(interval, remaining))
-            interval = min(interval * 1.5, self.poll_max_seconds)
+            if listener is not None:
+                if listener.wait(min(interval, remaining)):
+                    # Under load nudges come with every commit: look at most every
+                    # poll_min_seconds, so one look serves many commits.
+                    since = time.monotonic() - getattr(local, "changed_at", 0.0)
+                    if since < self.poll_min_seconds:
+                        time.sleep(self.poll_min_seconds - since)
+            else:
+                time.sleep(min(interval, remaining))
+            interval = min(interval * 1.5, ceiling)
             current = self._retry_busy(version)
-        local.poll_interval = interval if current == token else self.poll_min_seconds
+        if current == token:
+            local.poll_interval = interval
+        else:
+            local.poll_interval = self.poll_min_seconds
+            local.changed_at = time.monotonic()
         return current
