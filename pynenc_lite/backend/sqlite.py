@@ -1054,10 +1054,12 @@ class SQLiteBackend(Backend):
         if not wakeup.AVAILABLE:
             return None
         me = (os.getpid(), threading.get_ident())
-        if self._listener is not None and self._listener_owner == me:
-            return self._listener
-        if self._listener is not None and self._listener_owner[0] == os.getpid():  # type: ignore[index]
-            return None  # one listener per process: other threads poll
+        owner = self._listener_owner
+        if self._listener is not None and owner is not None:
+            if owner == me:
+                return self._listener
+            if owner[0] == os.getpid():
+                return None  # one listener per process: other threads poll
         try:
             listener = wakeup.Listener(self._wakeup_prefix)
             self._write_txn(
