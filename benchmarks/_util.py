@@ -12,6 +12,7 @@ import faulthandler
 import os
 import platform
 import shutil
+import signal
 import sqlite3
 import statistics
 import subprocess
@@ -43,6 +44,19 @@ def percentile(values: Sequence[float], fraction: float) -> float:
     ordered = sorted(values)
     rank = max(1, -(-len(ordered) * fraction // 1))  # ceil(n * fraction), at least 1
     return ordered[int(rank) - 1]
+
+
+def stop_process_group(process: Optional[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM a process started with `start_new_session=True` and its children (a worker
+    and its worker processes, a server); SIGKILL them if they are not gone in 30 s."""
+    if process is None or process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def median(values: Sequence[float]) -> float:

@@ -23,7 +23,6 @@ import os
 import platform
 import re
 import secrets
-import signal
 import sqlite3
 import statistics
 import subprocess
@@ -32,18 +31,15 @@ import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(HERE), str(ROOT)]  # run from anywhere: the tasks and the package
 
+from _util import percentile, stop_process_group  # noqa: E402
+
 _URL_LINE = re.compile(r"PYNENC__BROKER_URL=(\S+)")
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 # -- one measurement, in its own process -------------------------------------------------------
@@ -149,17 +145,6 @@ def start_workers(env: dict[str, str], processes: int) -> subprocess.Popen[bytes
     )
 
 
-def stop(process: Optional[subprocess.Popen[bytes]]) -> None:
-    if process is None or process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-
-
 def measure(env: dict[str, str], args: argparse.Namespace, in_process: bool) -> dict[str, Any]:
     command = [sys.executable, __file__, "--phase", "--calls", str(args.calls)]
     command += ["--tasks", str(args.tasks), "--repeats", str(args.repeats), "--workers", "2"]
@@ -176,7 +161,7 @@ def scenarios(tmp: str) -> Iterator[tuple[str, dict[str, str]]]:
     try:
         yield "TCP server", env
     finally:
-        stop(server)
+        stop_process_group(server)
 
 
 def main() -> None:
@@ -210,7 +195,7 @@ def main() -> None:
                 try:
                     f = measure(env, args, in_process)
                 finally:
-                    stop(workers)
+                    stop_process_group(workers)
                 label = f"{name}, {where}"
                 rows.append(
                     (f"{label}: round trip p50", f"{f['p50_ms']:.2f} ms", "<= 5 ms" if tcp else "")

@@ -20,7 +20,6 @@ import contextlib
 import multiprocessing
 import os
 import platform
-import signal
 import sqlite3
 import statistics
 import subprocess
@@ -34,11 +33,7 @@ ROOT = HERE.parent
 sys.path[:0] = [str(HERE), str(ROOT)]  # run from anywhere: the tasks and the package
 
 import worker_tasks  # noqa: E402
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+from _util import percentile, stop_process_group  # noqa: E402
 
 
 def start_worker(db: str, processes: int, threads: int) -> subprocess.Popen[bytes]:
@@ -49,15 +44,6 @@ def start_worker(db: str, processes: int, threads: int) -> subprocess.Popen[byte
          "--processes", str(processes), "--threads", str(threads), "--log-level", "WARNING"],
         cwd=HERE, env=env, start_new_session=True,
     )
-
-
-def stop_worker(process: subprocess.Popen[bytes]) -> None:
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
 
 
 def wait_for_workers(db: str, count: int, timeout: float = 30) -> list[int]:
@@ -143,7 +129,7 @@ def main() -> None:
             rows.append((f"idle worker CPU over {idle_seconds:.0f} s (3 processes)",
                          f"{100 * used / idle_seconds:.2f} % of a core", "<= 1 %"))
         finally:
-            stop_worker(worker)
+            stop_process_group(worker)
             worker_tasks.app.close()
     width = max(len(r[0]) for r in rows)
     print(f"{'measure':<{width}}  {'value':>18}  target")
