@@ -58,7 +58,26 @@ class SerializationError(PynencError):
 
 class WorkerLostError(PynencError):
     """The worker running the invocation vanished (crashed, killed, or its host stopped) too
-    many times in a row, so the invocation was failed instead of being tried again."""
+    many times in a row, so the invocation was failed instead of being tried again.
+
+    A backend records this failure without pickling anything, as a plain error line; this
+    class owns that line's format in both directions (`error_line` writes it, `from_error_line`
+    reads it back), so the backends and the caller's decoding cannot drift apart.
+    """
+
+    @classmethod
+    def error_line(cls, message: str) -> str:
+        """The stored `error` text of a lost-worker failure with this message."""
+        return f"{cls.__name__}: {message}"
+
+    @classmethod
+    def from_error_line(cls, error: Optional[str]) -> Optional[WorkerLostError]:
+        """The error a caller receives for a stored error line, or None when the line is
+        not a lost-worker failure."""
+        prefix = f"{cls.__name__}: "
+        if error is None or not error.startswith(prefix):
+            return None
+        return cls(error[len(prefix):])
 
 
 class RetryError(PynencError):

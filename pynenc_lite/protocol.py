@@ -569,7 +569,6 @@ _ALLOWED = {
     "expire_leases": WRITE,
     "heartbeat": QUIET_WRITE,
     "remove_worker": QUIET_WRITE,
-    "has_runnable": READ,
     "next_run_at": READ,
     "get_cron_moment": READ,
     "advance_cron": WRITE,

@@ -141,8 +141,9 @@ def load_exception(
                 # matches, so tests would differ between sync mode and workers.
                 exc.__cause__ = RemoteTraceback(tb_text)
             return exc
-    if error and error.startswith("WorkerLostError:"):
-        return WorkerLostError(error.split(": ", 1)[1])
+    lost = WorkerLostError.from_error_line(error)
+    if lost is not None:
+        return lost
     return RemoteTaskError(
         f"{error or 'the task failed'} (the exception could not be pickled on the worker, "
         "so it is reported as this error; its traceback is in .remote_traceback)",

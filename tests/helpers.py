@@ -11,6 +11,9 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable
 
+from pynenc_lite.backend.base import Backend
+from pynenc_lite.status import InvocationStatus
+
 # Upper bound for any single wait in the tests; reached only when something is broken.
 WAIT_SECONDS = 10.0
 
@@ -50,3 +53,17 @@ def run_in_thread(target: Callable[[], object], name: str = "test-helper") -> th
     thread = threading.Thread(target=target, name=name, daemon=True)
     thread.start()
     return thread
+
+
+def is_runnable(backend: Backend, app_id: str, now: float) -> bool:
+    """Would a claim at `now` find anything? Read from the stored records only (the contract
+    has no such question): a waiting invocation that is due, or a running one whose lease
+    ran out."""
+    for record in backend.list_invocations(app_id, limit=1_000_000):
+        waiting = record.status in (InvocationStatus.REGISTERED, InvocationStatus.RETRY)
+        if waiting and record.run_at <= now:
+            return True
+        lease = record.lease_expires_at
+        if record.status is InvocationStatus.RUNNING and lease is not None and lease < now:
+            return True
+    return False

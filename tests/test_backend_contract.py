@@ -27,6 +27,8 @@ from pynenc_lite.backend.sqlite import SQLiteBackend
 from pynenc_lite.errors import BackendError, WorkerLostError
 from pynenc_lite.status import InvocationStatus
 
+from tests.helpers import is_runnable
+
 S = InvocationStatus
 T0 = 1_000_000.0  # the fake clock's start, in epoch seconds
 LEASE = 10.0
@@ -141,7 +143,7 @@ def test_submit_stores_registered_invocations(backend: Backend) -> None:
 
 def test_submit_nothing_is_a_no_op(backend: Backend) -> None:
     assert backend.submit([]) == []
-    assert not backend.has_runnable(APP, T0)
+    assert not is_runnable(backend, APP, T0)
 
 
 def test_submit_is_atomic_a_duplicate_id_stores_nothing_of_its_batch(backend: Backend) -> None:
@@ -207,15 +209,15 @@ def test_claim_never_deletes(backend: Backend) -> None:
     backend.submit([new("a")])
     claim(backend)
     assert backend.get_invocation("a") is not None
-    assert backend.complete(success("a"), "w1", T0 + 1)
+    assert backend.complete_many([success("a")], "w1", T0 + 1)[0]
     assert backend.get_invocation("a") is not None
 
 
 def test_claim_waits_for_run_at(backend: Backend) -> None:
     backend.submit([new("later", run_at=T0 + 30)])
-    assert not backend.has_runnable(APP, T0)
+    assert not is_runnable(backend, APP, T0)
     assert claim(backend, now=T0) == []
-    assert backend.has_runnable(APP, T0 + 30)
+    assert is_runnable(backend, APP, T0 + 30)
     assert claim(backend, now=T0 + 30) == ["later"]
 
 
@@ -254,7 +256,7 @@ def test_complete_stores_the_outcome(backend: Backend) -> None:
 def test_complete_is_refused_for_a_worker_that_does_not_hold_the_claim(backend: Backend) -> None:
     backend.submit([new("a"), new("b")])
     claim(backend, "w1", limit=1)
-    assert backend.complete(success("a"), "stranger", T0 + 1) is False
+    assert backend.complete_many([success("a")], "stranger", T0 + 1)[0] is False
     assert status_of(backend, "a") is S.RUNNING
     # b was never claimed: nobody may complete it.
     assert backend.complete_many([success("a"), success("b")], "w1", T0 + 1) == [True, False]
@@ -271,9 +273,9 @@ def test_complete_after_a_lease_takeover_is_refused(backend: Backend) -> None:
         max_lost_attempts=3,
     )
     assert taken.attempt == 2
-    assert backend.complete(success("a", b"late"), "w1", T0 + LEASE + 2) is False
-    assert backend.complete(success("a", b"w2"), "w2", T0 + LEASE + 3) is True
-    assert backend.complete(success("a", b"later"), "w1", T0 + LEASE + 4) is False
+    assert backend.complete_many([success("a", b"late")], "w1", T0 + LEASE + 2)[0] is False
+    assert backend.complete_many([success("a", b"w2")], "w2", T0 + LEASE + 3)[0] is True
+    assert backend.complete_many([success("a", b"later")], "w1", T0 + LEASE + 4)[0] is False
     assert backend.get_outcomes(["a"]) == [Outcome("a", S.SUCCESS, b"w2")]
 
 
@@ -281,7 +283,7 @@ def test_complete_needs_a_final_status(backend: Backend) -> None:
     backend.submit([new("a")])
     claim(backend)
     with pytest.raises(ValueError):
-        backend.complete(Outcome("a", S.RUNNING), "w1", T0)
+        backend.complete_many([Outcome("a", S.RUNNING)], "w1", T0)[0]
     assert status_of(backend, "a") is S.RUNNING
 
 
@@ -291,9 +293,9 @@ def test_complete_needs_a_final_status(backend: Backend) -> None:
 def test_an_expired_lease_is_reclaimed_by_another_worker(backend: Backend) -> None:
     backend.submit([new("a")])
     claim(backend, "w1", now=T0)
-    assert not backend.has_runnable(APP, T0 + LEASE - 1)
+    assert not is_runnable(backend, APP, T0 + LEASE - 1)
     assert claim(backend, "w2", now=T0 + LEASE - 1) == []
-    assert backend.has_runnable(APP, T0 + LEASE + 1)
+    assert is_runnable(backend, APP, T0 + LEASE + 1)
     assert claim(backend, "w2", now=T0 + LEASE + 1) == ["a"]
     record = backend.get_invocation("a")
     assert record is not None
@@ -320,7 +322,7 @@ def test_after_max_lost_attempts_the_invocation_fails_with_worker_lost(backend: 
     error = serializer.load_exception(outcome.payload, outcome.error, outcome.traceback)
     assert isinstance(error, WorkerLostError)
     assert backend.get_finished_since(start)[1] == ["a"]
-    assert not backend.has_runnable(APP, T0 + 1000)
+    assert not is_runnable(backend, APP, T0 + 1000)
 
 
 def test_max_lost_attempts_one_fails_at_the_first_loss(backend: Backend) -> None:
@@ -337,13 +339,13 @@ def test_heartbeat_extends_leases(backend: Backend) -> None:
     record = backend.get_invocation("a")
     assert record is not None and record.lease_expires_at == T0 + 8 + LEASE
     # Past the first lease but within the extended one: nothing to reclaim.
-    assert not backend.has_runnable(APP, T0 + 15)
+    assert not is_runnable(backend, APP, T0 + 15)
     assert claim(backend, "w2", now=T0 + 15) == []
     # Heartbeats keep it going as long as they come.
     for beat in range(16, 60, 8):
         backend.heartbeat(worker("w1"), ["a"], T0 + beat, LEASE)
         assert claim(backend, "w2", now=T0 + beat + LEASE - 1) == []
-    assert backend.complete(success("a"), "w1", T0 + 60)
+    assert backend.complete_many([success("a")], "w1", T0 + 60)[0]
 
 
 def test_heartbeat_leaves_unlisted_leases_to_expire(backend: Backend) -> None:
@@ -379,7 +381,7 @@ def test_release_hands_work_back_to_registered(backend: Backend) -> None:
     backend.submit([new("a"), new("b"), new("c")])
     claim(backend, "w1", limit=2)
     claim(backend, "w2", limit=1)
-    assert backend.release("w1") == 2
+    assert backend.release("w1", T0 + 5) == 2
     for name in ["a", "b"]:
         record = backend.get_invocation(name)
         assert record is not None
@@ -387,7 +389,7 @@ def test_release_hands_work_back_to_registered(backend: Backend) -> None:
         assert record.owner is None and record.lease_expires_at is None
         assert (record.attempts, record.lost_attempts) == (1, 0)
     assert status_of(backend, "c") is S.RUNNING  # another worker's claim is untouched
-    assert backend.release("w1") == 0
+    assert backend.release("w1", T0 + 5) == 0
     claimed = backend.claim(
         app_id=APP, worker_id="w3", limit=10, now=T0 + 1, lease_seconds=LEASE, max_lost_attempts=3
     )
@@ -400,7 +402,7 @@ def test_release_hands_work_back_to_registered(backend: Backend) -> None:
 def test_get_outcomes_returns_only_final_ones(backend: Backend) -> None:
     backend.submit([new("done"), new("running"), new("waiting")])
     claim(backend, limit=2)
-    backend.complete(success("done"), "w1", T0 + 1)
+    backend.complete_many([success("done")], "w1", T0 + 1)[0]
     outcomes = backend.get_outcomes(["done", "running", "waiting", "missing"])
     assert [o.invocation_id for o in outcomes] == ["done"]
     assert backend.get_outcomes([]) == []
@@ -412,30 +414,30 @@ def test_get_finished_since_returns_newly_finished_ids_in_order(backend: Backend
     backend.submit([new(n) for n in "abcde"])
     claim(backend)
     assert backend.get_finished_since(start) == (start, [])
-    backend.complete(success("b"), "w1", T0 + 1)
-    backend.complete(Outcome("a", S.FAILED, None, "E: x", "tb"), "w1", T0 + 2)
+    backend.complete_many([success("b")], "w1", T0 + 1)[0]
+    backend.complete_many([Outcome("a", S.FAILED, None, "E: x", "tb")], "w1", T0 + 2)[0]
     backend.complete_many([success("e"), success("c")], "w1", T0 + 3)
-    assert backend.complete(success("c"), "w1", T0 + 4) is False  # refused: not listed again
+    assert backend.complete_many([success("c")], "w1", T0 + 4)[0] is False  # refused: not listed again
     newest, ids = backend.get_finished_since(start)
     assert ids == ["b", "a", "e", "c"]
     assert newest > start
     assert backend.get_finished_since(newest) == (newest, [])
-    backend.complete(success("d"), "w1", T0 + 5)
+    backend.complete_many([success("d")], "w1", T0 + 5)[0]
     newer, ids = backend.get_finished_since(newest)
     assert ids == ["d"] and newer > newest
 
 
-def test_has_runnable(backend: Backend) -> None:
-    assert not backend.has_runnable(APP, T0)
+def test_is_runnable_oracle(backend: Backend) -> None:
+    assert not is_runnable(backend, APP, T0)
     backend.submit([new("a")])
-    assert backend.has_runnable(APP, T0)
-    assert not backend.has_runnable(OTHER_APP, T0)
+    assert is_runnable(backend, APP, T0)
+    assert not is_runnable(backend, OTHER_APP, T0)
     claim(backend, now=T0)
-    assert not backend.has_runnable(APP, T0 + 1)
-    assert backend.has_runnable(APP, T0 + LEASE + 1)  # its lease expired
+    assert not is_runnable(backend, APP, T0 + 1)
+    assert is_runnable(backend, APP, T0 + LEASE + 1)  # its lease expired
     claim(backend, "w2", now=T0 + LEASE + 1)
-    backend.complete(success("a"), "w2", T0 + LEASE + 2)
-    assert not backend.has_runnable(APP, T0 + 1000)
+    backend.complete_many([success("a")], "w2", T0 + LEASE + 2)[0]
+    assert not is_runnable(backend, APP, T0 + 1000)
 
 
 # -- waiting for changes ----------------------------------------------------------------------

@@ -116,7 +116,7 @@ def test_result_that_cannot_be_pickled_raises_serialization_error(
 def test_arguments_that_cannot_be_pickled_fail_at_the_call_and_store_nothing(
     core_app: Pynenc,
 ) -> None:
-    core_app.backend.has_runnable(core_app.app_id, 0.0)  # create the database file now
+    core_app.backend.next_run_at(core_app.app_id)  # create the database file now
     with pytest.raises(SerializationError) as info:
         tasks_core.apply(lambda v: v, 1)
     assert "tests.tasks_core.apply" in str(info.value)

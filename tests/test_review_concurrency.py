@@ -246,7 +246,7 @@ def test_a_held_back_registered_row_does_not_starve_a_runnable_retry(tmp_path: P
         backend.submit([_new("k1", running_key="k")])
         assert _claim(backend, "w1", T0) == ["k1"]  # holds key k
         backend.submit([_new("k2", run_at=T0 + 1, running_key="k")])  # held back by k1
-        assert backend.has_runnable("a", T0 + 5)
+        assert backend._has_runnable("a", T0 + 5)
         assert _claim(backend, "w2", T0 + 5) == ["r"]
     finally:
         backend.close()

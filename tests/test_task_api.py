@@ -21,7 +21,7 @@ from pynenc_lite import (
     PynencError,
 )
 from tests import tasks_core
-from tests.helpers import WAIT_SECONDS
+from tests.helpers import WAIT_SECONDS, is_runnable
 
 SHORT_TIMEOUT = 0.2  # for waits that are meant to run out
 
@@ -232,7 +232,7 @@ def test_burst_run_drains_the_queue_and_returns(core_app: Pynenc) -> None:
     core_app.runner.run(burst=True)
     assert [i.status for i in invocations] == [InvocationStatus.SUCCESS] * 40
     assert [i.result for i in invocations] == [10 * i for i in range(40)]
-    assert not core_app.backend.has_runnable(core_app.app_id, float("inf"))
+    assert not is_runnable(core_app.backend, core_app.app_id, float("inf"))
     assert not core_app.runner.is_running
 
 

@@ -63,7 +63,7 @@ def test_every_operation_round_trips(backend: RemoteBackend) -> None:
     record = backend.get_invocation(items[0].invocation_id)
     assert record is not None and record.status is InvocationStatus.REGISTERED
     assert backend.get_invocation("no-such-id") is None
-    assert backend.has_runnable(APP, now)
+    assert backend.next_run_at(APP) == now
     worker = WorkerInfo("w1", APP, "host", 1, 2, now)
     assert backend.heartbeat(worker, [], now, 10.0) == []
     assert backend.count_live_workers(APP, now - 1) == 1
@@ -90,12 +90,12 @@ def test_every_operation_round_trips(backend: RemoteBackend) -> None:
     )
     assert len(third) == 1
     assert backend.expire_leases("w1") == 1
-    assert backend.release("w1") == 1  # an expired lease is still its to hand back
+    assert backend.release("w1", now) == 1  # an expired lease is still its to hand back
     backend.remove_worker("w1")
     assert backend.count_live_workers(APP, now - 1) == 0
     assert backend.get_outcomes([]) == [] and backend.complete_many([], "w1", now) == []
     with pytest.raises(ValueError, match="status RUNNING"):  # raised there, same type here
-        backend.complete(Outcome(items[2].invocation_id, InvocationStatus.RUNNING), "w1", now)
+        backend.complete_many([Outcome(items[2].invocation_id, InvocationStatus.RUNNING)], "w1", now)[0]
 
 
 def test_wait_for_change_long_polls_without_spinning(backend: RemoteBackend) -> None:
@@ -188,7 +188,7 @@ def test_reads_and_repeatable_writes_survive_lost_replies(
     now = time.time()
     lossy.submit([new(0, now)])
     relay.lose_next_replies(1)
-    assert lossy.has_runnable(APP, now)
+    assert lossy.next_run_at(APP) == now
     relay.lose_next_replies(1)
     assert lossy.heartbeat(WorkerInfo("w", APP, "h", 1, 1, now), [], now, 10.0) == []
     relay.lose_next_replies(1)

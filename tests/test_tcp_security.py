@@ -106,9 +106,9 @@ def test_replayed_handshake_and_frames_are_refused(tcp_server: ServerProcess) ->
         first.mac = protocol.SessionMac(
             protocol.proof(secret, "session", *first._nonces), is_server=False
         )
-        request = first.request_frame({"op": "has_runnable", "args": {"app_id": "a", "now": 1.0}})
+        request = first.request_frame({"op": "next_run_at", "args": {"app_id": "a"}})
         first.sock.sendall(request)
-        assert first.recv()["ok"] is False
+        assert first.recv()["ok"] is None
         # The same frame again in the same session: its sequence number is used up.
         first.sock.sendall(request)
         assert first.is_closed_by_server()
@@ -139,9 +139,9 @@ def test_only_allowed_operations_with_valid_arguments_run(tcp_server: ServerProc
         reply = raw.call("get_invocation", invocation_id=7)
         assert reply == {"error": "BadRequest", "message": reply["message"]}
         assert "invocation_id" in reply["message"]
-        reply = raw.call("has_runnable", app_id="a", now=1.0, extra=1)
+        reply = raw.call("next_run_at", app_id="a", extra=1)
         assert reply["error"] == "BadRequest"
-        assert raw.call("has_runnable", app_id="a", now=1.0) == {"ok": False}  # still usable
+        assert raw.call("next_run_at", app_id="a") == {"ok": None}  # still usable
     assert_serving(tcp_server)
 
 
@@ -149,7 +149,7 @@ def _valid_request(rng: random.Random) -> tuple[dict[str, Any], list[bytes]]:
     blobs: list[bytes] = []
     now = time.time()
     choices = [
-        {"op": "has_runnable", "args": {"app_id": "a", "now": now}},
+        {"op": "next_run_at", "args": {"app_id": "a"}},
         {"op": "get_invocation", "args": {"invocation_id": "x"}},
         {"op": "get_finished_since", "args": {"seq": 0}},
         {

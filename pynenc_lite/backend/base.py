@@ -191,7 +191,9 @@ class Backend(abc.ABC):
 
         Runnable: REGISTERED or RETRY whose `run_at <= now`, or RUNNING whose lease expired
         (its worker vanished). An expired one that was already lost `max_lost_attempts`
-        times is FAILED instead of being handed out again. Nothing is ever deleted by a claim.
+        times is FAILED instead of being handed out again, with the error line of
+        `errors.WorkerLostError.error_line`. Nothing is ever deleted by a claim. A claim
+        that finds nothing should be cheap (SQLite answers it with a read, no write lock).
         """
 
     @abc.abstractmethod
@@ -204,14 +206,10 @@ class Backend(abc.ABC):
         every invocation has exactly one outcome.
         """
 
-    def complete(self, outcome: Outcome, worker_id: str, now: float) -> bool:
-        """`complete_many` for one outcome."""
-        return self.complete_many([outcome], worker_id, now)[0]
-
     @abc.abstractmethod
-    def release(self, worker_id: str) -> int:
-        """Hand every invocation `worker_id` holds back to REGISTERED (graceful shutdown).
-        Returns how many were handed back."""
+    def release(self, worker_id: str, now: float) -> int:
+        """Hand every invocation `worker_id` holds back to REGISTERED (graceful shutdown),
+        recording the change at `now`. Returns how many were handed back."""
 
     @abc.abstractmethod
     def expire_leases(self, worker_id: str) -> int:
@@ -261,10 +259,6 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def remove_worker(self, worker_id: str) -> None:
         """Forget a worker that stopped cleanly."""
-
-    @abc.abstractmethod
-    def has_runnable(self, app_id: str, now: float) -> bool:
-        """Cheap read-only check: would `claim` find anything right now?"""
 
     @abc.abstractmethod
     def next_run_at(self, app_id: str) -> Optional[float]:

@@ -597,8 +597,8 @@ class RemoteBackend(Backend):
             flags = [ok or stored.get(o.invocation_id) == o for o, ok in zip(items, flags)]
         return flags
 
-    def release(self, worker_id: str) -> int:
-        result: int = self._settle("release", worker_id=worker_id)
+    def release(self, worker_id: str, now: float) -> int:
+        result: int = self._settle("release", worker_id=worker_id, now=now)
         return result
 
     def expire_leases(self, worker_id: str) -> int:
@@ -615,10 +615,6 @@ class RemoteBackend(Backend):
 
     def remove_worker(self, worker_id: str) -> None:
         self._settle("remove_worker", worker_id=worker_id)
-
-    def has_runnable(self, app_id: str, now: float) -> bool:
-        result: bool = self._call("has_runnable", app_id=app_id, now=now)
-        return result
 
     def next_run_at(self, app_id: str) -> Optional[float]:
         result: Optional[float] = self._call("next_run_at", app_id=app_id)

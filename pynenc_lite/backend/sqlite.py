@@ -523,7 +523,7 @@ class SQLiteBackend(Backend):
 
     # -- runners ----------------------------------------------------------------------------
 
-    def has_runnable(self, app_id: str, now: float) -> bool:
+    def _has_runnable(self, app_id: str, now: float) -> bool:
         rows = self._read(
             "SELECT "
             + " OR ".join(
@@ -557,7 +557,7 @@ class SQLiteBackend(Backend):
         lease_seconds: float,
         max_lost_attempts: int,
     ) -> list[ClaimedInvocation]:
-        if limit <= 0 or not self.has_runnable(app_id, now):
+        if limit <= 0 or not self._has_runnable(app_id, now):
             return []  # the common idle case costs one read and no write lock
 
         def body(c: sqlite3.Connection) -> list[ClaimedInvocation]:
@@ -804,7 +804,7 @@ class SQLiteBackend(Backend):
 
         return self._write_txn(body)
 
-    def release(self, worker_id: str) -> int:
+    def release(self, worker_id: str, now: float) -> int:
         sources = _FROM[InvocationStatus.REGISTERED]
 
         def body(c: sqlite3.Connection) -> int:
@@ -819,7 +819,7 @@ class SQLiteBackend(Backend):
                 f"= NULL WHERE {held}({_marks(len(sources))})",
                 params,
             )
-            _log(c, [(row[0], "REGISTERED", time.time(), worker_id) for row in ids])
+            _log(c, [(row[0], "REGISTERED", now, worker_id) for row in ids])
             return len(ids)
 
         return self._write_txn(body)

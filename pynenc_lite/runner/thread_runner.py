@@ -518,7 +518,7 @@ class ThreadRunner(BaseRunner):
         )
         self._stop_heartbeat.set()
         try:
-            self.app.backend.release(self.worker_id)
+            self.app.backend.release(self.worker_id, self.clock())
             self.app.backend.remove_worker(self.worker_id)
         finally:
             logging.shutdown()
@@ -547,7 +547,7 @@ class ThreadRunner(BaseRunner):
             for entry in self._running.values():
                 entry.abandoned = True  # handed back below: a late outcome must be dropped
         try:
-            handed_back = backend.release(self.worker_id)
+            handed_back = backend.release(self.worker_id, self.clock())
             backend.remove_worker(self.worker_id)
         except Exception:
             handed_back = 0
