@@ -26,7 +26,6 @@ from pynenc_lite.backend.base import Backend, NewInvocation, Outcome, WorkerInfo
 from pynenc_lite.backend.sqlite import SQLiteBackend
 from pynenc_lite.errors import BackendError, WorkerLostError
 from pynenc_lite.status import InvocationStatus
-
 from tests.helpers import is_runnable
 
 S = InvocationStatus
@@ -417,7 +416,8 @@ def test_get_finished_since_returns_newly_finished_ids_in_order(backend: Backend
     backend.complete_many([success("b")], "w1", T0 + 1)[0]
     backend.complete_many([Outcome("a", S.FAILED, None, "E: x", "tb")], "w1", T0 + 2)[0]
     backend.complete_many([success("e"), success("c")], "w1", T0 + 3)
-    assert backend.complete_many([success("c")], "w1", T0 + 4)[0] is False  # refused: not listed again
+    # refused: not listed again
+    assert backend.complete_many([success("c")], "w1", T0 + 4)[0] is False
     newest, ids = backend.get_finished_since(start)
     assert ids == ["b", "a", "e", "c"]
     assert newest > start

@@ -95,7 +95,8 @@ def test_every_operation_round_trips(backend: RemoteBackend) -> None:
     assert backend.count_live_workers(APP, now - 1) == 0
     assert backend.get_outcomes([]) == [] and backend.complete_many([], "w1", now) == []
     with pytest.raises(ValueError, match="status RUNNING"):  # raised there, same type here
-        backend.complete_many([Outcome(items[2].invocation_id, InvocationStatus.RUNNING)], "w1", now)[0]
+        running = Outcome(items[2].invocation_id, InvocationStatus.RUNNING)
+        backend.complete_many([running], "w1", now)
 
 
 def test_wait_for_change_long_polls_without_spinning(backend: RemoteBackend) -> None:
