@@ -44,6 +44,7 @@ from pynenc_lite.backend.base import Backend, InvocationRecord
 from pynenc_lite.errors import PynencError
 from pynenc_lite.loading import load_app
 from pynenc_lite.status import InvocationStatus
+from pynenc_lite.tables import format_table
 
 logger = logging.getLogger(__name__)
 
@@ -60,23 +61,6 @@ class CommandError(Exception):
 
 
 # -- formatting ------------------------------------------------------------------------------
-
-
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """Aligned text columns; numbers are right-aligned, None shows as "-"."""
-    cells = [list(headers)] + [["-" if v is None else str(v) for v in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    numeric = [
-        bool(rows) and all(isinstance(row[i], (int, float)) for row in rows)
-        for i in range(len(headers))
-    ]
-    return "\n".join(
-        "  ".join(
-            cell.rjust(width) if is_number else cell.ljust(width)
-            for cell, width, is_number in zip(row, widths, numeric)
-        ).rstrip()
-        for row in cells
-    )
 
 
 def format_time(at: Optional[float]) -> Optional[str]:

@@ -34,7 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, NamedTuple
 
+from pynenc_lite import compat
 from pynenc_lite.errors import ConfigError
+from pynenc_lite.tables import format_table
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -203,72 +205,6 @@ _ORDERED_PAIRS = (
     ("poll_min_seconds", "poll_max_seconds", False),
 )
 
-# --- pynenc compatibility -------------------------------------------------------------
-# Names learnt from pynenc's pynenc/conf/*.py and the pynenc_redis and pynenc_mongo plugins.
-# cistell, pynenc's config library, names a section after its config class, lower-cased and
-# without "Config" (ConfigThreadRunner -> [tool.pynenc.threadrunner]); its env variables keep
-# the class name (PYNENC__CONFIGTHREADRUNNER__MAX_THREADS), so both spellings are accepted.
-PYNENC_SECTIONS = frozenset(
-    {"pynenc", "sqlite", "redis", "mongo", "sharedmemory", "task", "runner", "runnersqlite",
-     "threadrunner", "multithreadrunner", "persistentprocessrunner", "processrunner"}
-    | {component + backend
-       for component in ("orchestrator", "broker", "statebackend", "argcache",
-                         "clientdatastore", "trigger")
-       for backend in ("", "sqlite", "redis", "mongo")}
-)
-# pynenc names with the same meaning as one of our fields under another name.
-PYNENC_RENAMES = {"max_processes": "runner_processes", "num_processes": "runner_processes"}
-# pynenc names that mean nothing here: accepted, ignored, warned about once.
-PYNENC_ONLY = frozenset({
-    # ConfigPynenc
-    "trigger_cls", "serializer_cls", "client_data_store_cls", "arg_cache_cls",
-    "trigger_task_modules", "print_arguments", "cached_status_time", "compact_log_context",
-    "truncate_log_ids",
-    "log_use_colors", "log_stream", "log_format", "max_pending_seconds",
-    "recover_pending_invocations_cron", "recover_running_invocations_cron",
-    "runner_considered_dead_after_minutes", "atomic_service_interval_minutes",
-    "atomic_service_spread_margin_minutes", "atomic_service_check_interval_minutes",
-    "atomic_service_execution_retention_minutes", "atomic_service_execution_max_records",
-    "atomic_service_max_start_slot_fraction", "atomic_service_min_run_margin_seconds",
-    "atomic_service_membership_stabilization_minutes",
-    "atomic_service_runner_considered_dead_after_minutes",
-    # ConfigOrchestrator, ConfigBroker, ConfigArgCache, ConfigClientDataStore, ConfigTrigger
-    "cycle_control", "blocking_control", "auto_final_invocation_purge_hours",
-    "run_invocation_recovery_service_every_minutes", "recovery_service_spread_margin_minutes",
-    "runner_heartbeat_timeout_minutes", "queue_timeout_sec", "queues", "priority_rules",
-    "warn_on_queue_mismatch", "raise_on_queue_mismatch", "min_size_to_cache",
-    "max_size_to_cache", "local_cache_size", "disable_client_data_store", "warn_threshold",
-    "compression_enabled", "scheduler_interval_seconds", "enable_scheduler",
-    "max_events_batch_size", "event_retention_days", "event_auto_purge_enabled",
-    "event_max_records", "trigger_run_max_records",
-    # ConfigRunner and its ThreadRunner / MultiThreadRunner subclasses
-    "invocation_wait_results_sleep_time_sec", "runner_loop_sleep_time_sec",
-    "min_parallel_slots", "recovery_service_check_interval_minutes", "min_threads",
-    "final_invocation_cache_size", "min_processes", "idle_timeout_process_sec",
-    "enforce_max_processes",
-    # ConfigTask (per-task options are decorator arguments here)
-    "parallel_batch_size", "retry_for", "max_retries", "running_concurrency",
-    "registration_concurrency", "key_arguments", "on_diff_non_key_args_raise",
-    "call_result_cache", "disable_cache_args", "is_workflow_task",
-    "reroute_on_concurrency_control",
-    # ConfigSharedMemory, ConfigRedis (+ Redis components), ConfigMongo
-    "shared_memory_size_mb", "shared_memory_name_prefix", "shared_memory_cleanup_timeout_sec",
-    "redis_url", "redis_host", "redis_port", "redis_db", "redis_username", "redis_password",
-    "socket_timeout", "socket_connect_timeout", "health_check_interval",
-    "max_connection_attempts", "redis_pool_max_connections",
-    "redis_pool_health_check_interval", "max_pending_resolution_threads",
-    "redis_retry_max_attempts", "redis_retry_base_delay_sec", "redis_retry_max_delay_sec",
-    "pagination_batch_size", "mongo_username", "mongo_password", "mongo_host", "mongo_port",
-    "mongo_db", "mongo_url", "mongo_auth_source", "mongo_pool_max_connections",
-    "retry_base_delay", "retry_max_delay", "retry_max_time", "retry_indefinitely",
-    "gridfs_threshold",
-})
-# Arguments and results are always pickled here, so these serializer choices change nothing.
-_PICKLE_SERIALIZERS = frozenset({"PickleSerializer", "JsonPickleSerializer"})
-
-# Names already warned about: one warning per name per process, not one per Pynenc().
-_warned_names: set[str] = set()
-
 _TRUE_WORDS = frozenset({"true", "1", "yes", "on"})
 _FALSE_WORDS = frozenset({"false", "0", "no", "off"})
 
@@ -397,12 +333,8 @@ class PynencConfig:
 
     def format_table(self) -> str:
         """Return `describe()` as aligned text columns, for a command line."""
-        rows = [("field", "value", "source")]
-        rows += [(name, repr(value), source) for name, value, source in self.describe()]
-        widths = [max(len(row[column]) for row in rows) for column in range(2)]
-        return "\n".join(
-            f"{name:<{widths[0]}}  {value:<{widths[1]}}  {source}" for name, value, source in rows
-        )
+        rows = [(name, repr(value), source) for name, value, source in self.describe()]
+        return format_table(("field", "value", "source"), rows)
 
 
 Config = PynencConfig
@@ -492,8 +424,8 @@ def _settings_for_table(
             yield from _settings_for_key(str(key), raw, source, origin, None)
             continue
         section = str(key).lower()
-        if section not in PYNENC_SECTIONS:
-            raise _unknown_name_error(str(key), origin, candidates=PYNENC_SECTIONS,
+        if section not in compat.PYNENC_SECTIONS:
+            raise _unknown_name_error(str(key), origin, candidates=compat.PYNENC_SECTIONS,
                                       what="configuration section")
         for sub_key, sub_raw in raw.items():
             yield from _settings_for_key(str(sub_key), sub_raw, source,
@@ -510,15 +442,15 @@ def _settings_for_env(environ: Mapping[str, str]) -> Iterator[_Setting]:
             yield from _settings_for_key(parts[0], environ[name], "env", origin, None)
             continue
         section = parts[0]
-        if section not in PYNENC_SECTIONS and section.startswith("config"):
+        if section not in compat.PYNENC_SECTIONS and section.startswith("config"):
             section = section[len("config"):]
-        if section not in PYNENC_SECTIONS:
-            raise _unknown_name_error(parts[0], origin, candidates=PYNENC_SECTIONS,
+        if section not in compat.PYNENC_SECTIONS:
+            raise _unknown_name_error(parts[0], origin, candidates=compat.PYNENC_SECTIONS,
                                       what="configuration section")
         if len(parts) == 2 and parts[1] != "filepath":
             yield from _settings_for_key(parts[1], environ[name], "env", origin, section)
         else:  # pynenc's per-task (SECTION__MODULE#TASK__FIELD) or per-class file variables
-            _warn_ignored(name, origin)
+            compat.warn_ignored("setting", name, origin)
 
 
 def _settings_for_key(
@@ -530,21 +462,14 @@ def _settings_for_key(
         if key == "max_threads" and section is not None and str(raw).strip() == "0":
             raw = os.cpu_count() or 1
         yield _Setting(_FIELD_BY_NAME[key], raw, source, origin)
-    elif key in PYNENC_RENAMES:
-        yield _Setting(_FIELD_BY_NAME[PYNENC_RENAMES[key]], raw, source, origin)
-    elif key == "serializer_cls" and isinstance(raw, str) and raw in _PICKLE_SERIALIZERS:
+    elif key in compat.PYNENC_RENAMES:
+        yield _Setting(_FIELD_BY_NAME[compat.PYNENC_RENAMES[key]], raw, source, origin)
+    elif key == "serializer_cls" and isinstance(raw, str) and raw in compat.PICKLE_SERIALIZERS:
         _LOG.debug("%s: serializer_cls %r fits pynenc_lite, which always pickles", origin, raw)
-    elif key in PYNENC_ONLY or (section == "task" and isinstance(raw, Mapping)):
-        _warn_ignored(key, origin)
+    elif key in compat.PYNENC_ONLY_SETTINGS or (section == "task" and isinstance(raw, Mapping)):
+        compat.warn_ignored("setting", key, origin)
     else:
         raise _unknown_name_error(key, origin)
-
-
-def _warn_ignored(name: str, origin: str) -> None:
-    if name not in _warned_names:
-        _warned_names.add(name)
-        _LOG.warning("ignoring pynenc setting %r (from %s): pynenc_lite has no use for it",
-                     name, origin)
 
 
 # --- checking values ----------------------------------------------------------------------
@@ -653,7 +578,7 @@ def _unknown_name_error(
     candidates: frozenset[str] | None = None,
     what: str = "configuration field",
 ) -> ConfigError:
-    names = candidates if candidates is not None else {*_FIELD_BY_NAME, *PYNENC_RENAMES}
+    names = candidates if candidates is not None else {*_FIELD_BY_NAME, *compat.PYNENC_RENAMES}
     # A higher cutoff than difflib's 0.6: a wrong suggestion is worse than none.
     close = difflib.get_close_matches(name.lower(), sorted(names), n=3, cutoff=0.75)
     suggestion = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""

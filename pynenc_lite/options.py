@@ -26,17 +26,18 @@ decorator keeps working. Anything else is a TypeError naming the accepted option
 
 from __future__ import annotations
 
-import builtins
 import dataclasses
 import enum
 import hashlib
-import importlib
 import logging
 import pickle
 import random
 from typing import Any, Optional, Union
 
+from pynenc_lite import compat
+from pynenc_lite.cron import CronSchedule
 from pynenc_lite.errors import RetryError
+from pynenc_lite.importing import import_object
 
 logger = logging.getLogger(__name__)
 
@@ -49,20 +50,6 @@ class ConcurrencyControlType(str, enum.Enum):
     TASK = "TASK"
     ARGUMENTS = "ARGUMENTS"
     KEYS = "KEYS"
-
-
-# pynenc task options that pynenc_lite accepts without acting on them.
-PYNENC_ONLY_OPTIONS = frozenset(
-    {
-        "on_diff_non_key_args_raise",
-        "call_result_cache",
-        "disable_cache_args",
-        "force_new_workflow",
-        "reroute_on_concurrency_control",
-        "parallel_batch_size",
-    }
-)
-_warned: set[str] = set()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,15 +81,8 @@ class TaskOptions:
         for name, value in options.items():
             if name in known:
                 values[name] = value
-            elif name in PYNENC_ONLY_OPTIONS:
-                if name not in _warned:
-                    _warned.add(name)
-                    logger.warning(
-                        "task option %r (used by %s) is accepted for pynenc compatibility "
-                        "but not acted on by pynenc_lite",
-                        name,
-                        task_name,
-                    )
+            elif name in compat.PYNENC_ONLY_TASK_OPTIONS:
+                compat.warn_ignored("task option", name, task_name)
             else:
                 raise TypeError(
                     f"unknown task option {name!r} for {task_name}; accepted: "
@@ -162,8 +142,6 @@ class TaskOptions:
         if uses_keys and not self.key_arguments:
             raise bad("key_arguments", "the names of the arguments that form the key (KEYS)")
         if self.cron is not None:
-            from pynenc_lite.cron import CronSchedule
-
             CronSchedule(self.cron)  # raises CronError naming the bad field
 
     @property
@@ -229,9 +207,8 @@ def resolve_exception(spec: ExceptionSpec) -> type:
     """
     if isinstance(spec, type):
         return spec
-    module_name, _, attr = spec.rpartition(".")
     try:
-        found = getattr(importlib.import_module(module_name) if module_name else builtins, attr)
+        found = import_object(spec)
     except (ImportError, AttributeError) as exc:
         raise ValueError(f"retry_for names {spec!r}, which cannot be imported: {exc}") from exc
     if not (isinstance(found, type) and issubclass(found, BaseException)):

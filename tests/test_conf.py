@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from pynenc_lite import compat
 from pynenc_lite import conf as conf_module
 from pynenc_lite.conf import FIELDS, SOURCES, Config, PynencConfig
 from pynenc_lite.errors import ConfigError, PynencError
@@ -46,7 +47,7 @@ max_threads = 4
 @pytest.fixture(autouse=True)
 def fresh_warned_names(monkeypatch: pytest.MonkeyPatch) -> None:
     # "Warn once per process" would otherwise leak between tests.
-    monkeypatch.setattr(conf_module, "_warned_names", set())
+    monkeypatch.setattr(compat, "_warned", set())
 
 
 @pytest.fixture
@@ -67,7 +68,7 @@ def write_json(path: Path, data: dict[str, Any]) -> Path:
 
 def ignored_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records
-            if r.name == "pynenc_lite.conf" and r.levelno == logging.WARNING]
+            if r.name == "pynenc_lite.compat" and r.levelno == logging.WARNING]
 
 
 # --- defaults and the table --------------------------------------------------------------
