@@ -1,4 +1,4 @@
-"""Cron: a small parser for 5-field expressions, and firing due moments exactly once.
+"""Cron expressions: a small parser for 5 fields and the search for scheduled moments.
 
     ┌──────── minute        0-59
     │ ┌────── hour          0-23
@@ -9,30 +9,17 @@
 
 As in classic cron, when both day fields are restricted a day matches if either does.
 
-Firing: every runner calls `fire_due()` about twice a second. For each cron task it reads the
-latest moment already handled and asks the backend to move it forward in one conditional
-write (`advance_cron`), storing the invocation in the same transaction — so each moment fires
-exactly once however many workers run. After downtime, the missed moments fire once in
-total (catch-up "once", the default), once each ("all", at most 100), or not at all unless
-the latest is less than a minute old ("skip"). The first time a task is seen, nothing fires:
-its schedule starts from then.
+Firing the due moments exactly once across workers is the runners' upkeep
+(`runner/upkeep.py`); this module only knows calendars.
 """
 
 from __future__ import annotations
 
 import datetime
-import logging
 import zoneinfo
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
-from pynenc_lite import serializer
-from pynenc_lite.backend.base import NewInvocation
 from pynenc_lite.errors import CronError
-
-if TYPE_CHECKING:
-    from pynenc_lite.app import Pynenc
-
-logger = logging.getLogger(__name__)
 
 _MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
 _WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
@@ -48,9 +35,6 @@ _FIELDS: tuple[tuple[str, int, int, dict[str, int]], ...] = (
     ),
     ("day of week", 0, 7, {d: i for i, d in enumerate(_WEEKDAYS)}),
 )
-CATCH_UP_MODES = ("once", "all", "skip")
-MAX_CATCH_UP = 100
-SKIP_TOLERANCE_SECONDS = 60.0
 _SEARCH_DAYS = 366 * 5  # 29 February on a Monday, say, is years apart
 
 
@@ -162,52 +146,3 @@ class CronSchedule:
             found.append(moment)
             cursor = moment - datetime.timedelta(minutes=1)
         return found[::-1]
-
-
-def fire_due(app: Pynenc, now: float, catch_up: str = "once") -> int:
-    """Store the invocations of every cron task of `app` whose moment has come.
-
-    Safe to call from any number of workers at once: each moment fires once.
-    Returns how many invocations this call stored.
-    """
-    if catch_up not in CATCH_UP_MODES:
-        raise ValueError(f"catch_up must be one of {CATCH_UP_MODES}, got {catch_up!r}")
-    fired = 0
-    backend = app.backend
-    for task in app.tasks.values():
-        if task.options.cron is None:
-            continue
-        schedule = CronSchedule(task.options.cron, app.conf.cron_timezone)
-        now_utc = datetime.datetime.fromtimestamp(now, datetime.timezone.utc)
-        latest = schedule.latest_at_or_before(now_utc)
-        if latest is None:
-            continue
-        handled = backend.get_cron_moment(app.app_id, task.name)
-        if handled is not None and latest.timestamp() <= handled:
-            continue
-        moments: list[datetime.datetime] = []
-        if handled is not None:  # first sight fires nothing: the schedule starts now
-            if catch_up == "all":
-                after = datetime.datetime.fromtimestamp(handled, datetime.timezone.utc)
-                moments = schedule.moments_between(after, latest, MAX_CATCH_UP)
-            elif catch_up == "once" or now - latest.timestamp() < SKIP_TOLERANCE_SECONDS:
-                moments = [latest]
-        invocations = [
-            NewInvocation(
-                f"cron-{task.name}-{int(m.timestamp())}",
-                app.app_id,
-                task.name,
-                serializer.dumps_call(task.name, (), {}),
-                m.timestamp(),
-                now,
-            )
-            for m in moments
-        ]
-        if backend.advance_cron(app.app_id, task.name, handled, latest.timestamp(), invocations):
-            fired += len(invocations)
-            if invocations:
-                logger.info(
-                    "cron %s (%s): fired for %s", task.name, schedule.expression,
-                    ", ".join(m.isoformat() for m in moments),
-                )
-    return fired

@@ -108,6 +108,11 @@ class CronError(PynencError, ValueError):
     """A cron expression is malformed; the message names the field and the accepted values."""
 
 
+class TargetError(PynencError):
+    """A target (`module:attr`, a module, or a file) does not name an importable app; the
+    message says what to change."""
+
+
 class InvocationNotFoundError(PynencError, LookupError):
     """No such invocation is stored: its result expired (`result_ttl_seconds`), the app's
     data was purged, or the id is wrong."""

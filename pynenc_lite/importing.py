@@ -1,5 +1,6 @@
-"""Finding an object by its dotted name: the one importer behind task names, `retry_for`
-names and pickled task references.
+"""Finding an object by its dotted name, and the name by which another process finds an
+object: the one importer behind task names, `retry_for` names, pickled task references and
+worker processes' app targets.
 
     "pkg.module.func"         the longest prefix that imports as a module, then attributes
     "pkg.module:Outer.func"   an explicit split: module before the colon, attributes after
@@ -12,7 +13,10 @@ from __future__ import annotations
 
 import builtins
 import importlib
+import sys
 from typing import Any
+
+from pynenc_lite.errors import TargetError
 
 
 class ImportObjectError(ImportError):
@@ -66,3 +70,24 @@ def _attributes(obj: Any, attrs: list[str], path: str) -> Any:
                 f"{attr!r}"
             ) from None
     return obj
+
+
+def find_target(obj: object) -> str:
+    """The `module:attr` under which `obj` (an app) can be imported by another process.
+
+    Raises:
+        TargetError: it is not a module-level attribute of any imported module.
+    """
+    found = []
+    for name, module in list(sys.modules.items()):
+        for attr, value in list(getattr(module, "__dict__", {}).items()):
+            if value is obj:
+                found.append(("__main__" if name == "__mp_main__" else name, attr))
+    # Prefer the module that defines the app over a script that imported it.
+    found.sort(key=lambda name_attr: name_attr[0] == "__main__")
+    if found:
+        return f"{found[0][0]}:{found[0][1]}"
+    raise TargetError(
+        f"{obj!r} is not a module-level variable of any imported module, so worker "
+        "processes cannot import it; define it at module level (app = Pynenc(...))"
+    )

@@ -5,20 +5,20 @@ An invocation's outcome arrives as a `concurrent.futures.Future` from the app's 
 subclass when it runs out, `as_completed` over a group, and `asyncio` awaiting through
 `asyncio.wrap_future` without blocking the event loop.
 
-In sync mode the future is already resolved when the handle is made.
+In sync mode the future is already resolved when the handle is made, and the handle knows it
+ran inline (`inline=True`): it never asks storage about it.
 
 This module turns an outcome into a value or a raised exception; it does not store or run
-anything.
+anything. Handles take the `Runtime`, not the app.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import dataclasses
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Generic, Iterator, Optional, TypeVar, Union
+from typing import Any, Generic, Iterator, Optional, TypeVar, Union
 
 from pynenc_lite import serializer
 from pynenc_lite.backend.base import HistoryEntry, InvocationRecord, Outcome
@@ -27,26 +27,13 @@ from pynenc_lite.errors import (
     InvocationNotFoundError,
     InvocationTimeoutError,
 )
+from pynenc_lite.execution import AnyOutcome, LocalOutcome
+from pynenc_lite.runtime import HasRuntime, Runtime, runtime_of
 from pynenc_lite.status import InvocationStatus
-
-if TYPE_CHECKING:
-    from pynenc_lite.app import Pynenc
 
 logger = logging.getLogger(__name__)
 
 R = TypeVar("R")
-
-
-@dataclasses.dataclass(frozen=True)
-class LocalOutcome:
-    """The outcome of a call run inline (sync mode): a value, or an exception to raise."""
-
-    invocation_id: str
-    value: Any = None
-    exception: Optional[BaseException] = None
-
-
-AnyOutcome = Union[Outcome, LocalOutcome]
 
 
 class Invocation(Generic[R]):
@@ -58,15 +45,25 @@ class Invocation(Generic[R]):
 
     def __init__(
         self,
-        app: Pynenc,
+        runtime: Union[Runtime, HasRuntime],
         task_name: str,
         invocation_id: str,
         future: Optional[concurrent.futures.Future[AnyOutcome]] = None,
+        *,
+        inline: bool = False,
     ) -> None:
-        self.app = app
+        self.runtime = runtime_of(runtime)  # an app is accepted too, as pynenc code passes it
         self.task_name = task_name
         self.invocation_id = invocation_id
         self._future = future
+        self.inline = inline  # ran in the caller's thread (sync mode): nothing is stored
+        if inline and (future is None or not future.done()):
+            raise ValueError("an inline invocation needs its resolved future")
+
+    @property
+    def app(self) -> Any:
+        """The app this invocation belongs to (pynenc's `invocation.app`)."""
+        return self.runtime.owner
 
     def __repr__(self) -> str:
         return f"<Invocation {self.task_name} {self.invocation_id}>"
@@ -77,10 +74,11 @@ class Invocation(Generic[R]):
     def future(self) -> concurrent.futures.Future[AnyOutcome]:
         """The future that receives the outcome (registered with the hub on first use)."""
         if self._future is None:
-            future = self.app.hub.future_for(self.invocation_id)
-            if not future.done() and self.app.backend.get_invocation(self.invocation_id) is None:
-                self.app.hub.forget(self.invocation_id)
-                raise InvocationNotFoundError(self.app._not_found(self.invocation_id))
+            rt = self.runtime
+            future = rt.hub.future_for(self.invocation_id)
+            if not future.done() and rt.backend.get_invocation(self.invocation_id) is None:
+                rt.hub.forget(self.invocation_id)
+                raise InvocationNotFoundError(rt.not_found_message(self.invocation_id))
             self._future = future  # type: ignore[assignment]
         assert self._future is not None
         return self._future
@@ -101,20 +99,20 @@ class Invocation(Generic[R]):
             return outcome.status
         record = self.record()
         if record is None:
-            raise InvocationNotFoundError(self.app._not_found(self.invocation_id))
+            raise InvocationNotFoundError(self.runtime.not_found_message(self.invocation_id))
         return record.status
 
     def record(self) -> Optional[InvocationRecord]:
         """Everything stored about this invocation (status, attempts, times), or None."""
-        if self.app.conf.dev_mode_force_sync_tasks:
+        if self.inline:
             return None
-        return self.app.backend.get_invocation(self.invocation_id)
+        return self.runtime.backend.get_invocation(self.invocation_id)
 
     def history(self) -> list[HistoryEntry]:
         """Every status change (status, time, worker), oldest first; empty for sync calls."""
-        if self.app.conf.dev_mode_force_sync_tasks:
+        if self.inline:
             return []
-        return self.app.backend.get_history(self.invocation_id)
+        return self.runtime.backend.get_history(self.invocation_id)
 
     @property
     def attempts(self) -> int:
@@ -133,14 +131,13 @@ class Invocation(Generic[R]):
         Returns:
             True if it was cancelled now; False (changing nothing) if it had finished.
         """
-        if self._future is not None and isinstance(
-            self._future.result() if self._future.done() else None, LocalOutcome
-        ):
+        if self.inline:
             return False  # a sync call finished when it was made
-        if not self.app.backend.cancel(self.invocation_id, time.time()):
+        rt = self.runtime
+        if not rt.backend.cancel(self.invocation_id, time.time()):
             return False
-        if self.app._hub is not None:
-            self.app.hub.resolve(
+        if rt.has_hub:
+            rt.hub.resolve(
                 Outcome(self.invocation_id, InvocationStatus.CANCELLED, error="cancelled")
             )
         return True
@@ -156,7 +153,7 @@ class Invocation(Generic[R]):
             InvocationTimeoutError: (a `TimeoutError`) the wait ran out;
             InvocationCancelledError: the invocation was cancelled.
         """
-        return self.get_result(self.app.conf.result_timeout_seconds)
+        return self.get_result(self.runtime.conf.result_timeout_seconds)
 
     def get_result(self, timeout: Optional[float] = None) -> R:
         """The return value, waiting at most `timeout` seconds (None: no limit).
@@ -186,7 +183,8 @@ class Invocation(Generic[R]):
             raise ValueError(f"timeout must be None or >= 0 seconds, got {timeout}")
         start = time.monotonic()
         deadline = None if timeout is None else start + timeout
-        check_every = max(self.app.conf.no_worker_warning_seconds, 0.01)
+        rt = self.runtime
+        check_every = max(rt.conf.no_worker_warning_seconds, 0.01)
         warned = False
         while True:
             step = check_every
@@ -198,24 +196,24 @@ class Invocation(Generic[R]):
                 pass
             if deadline is not None and time.monotonic() >= deadline:
                 raise self._timeout_error(timeout)
-            record = self.app.backend.get_invocation(self.invocation_id)
+            record = rt.backend.get_invocation(self.invocation_id)
             if record is None:
-                self.app.hub.forget(self.invocation_id)
-                raise InvocationNotFoundError(self.app._not_found(self.invocation_id))
+                rt.hub.forget(self.invocation_id)
+                raise InvocationNotFoundError(rt.not_found_message(self.invocation_id))
             if record.status.is_final():
                 # Stored, but our future was not told (its hub was closed meanwhile, say):
                 # read the outcome directly rather than wait for a signal that won't come.
-                for outcome in self.app.backend.get_outcomes([self.invocation_id]):
+                for outcome in rt.backend.get_outcomes([self.invocation_id]):
                     return outcome
             if not warned:
-                warned = self.app.warn_if_no_worker(self, time.monotonic() - start)
+                warned = rt.warn_if_no_worker(repr(self), time.monotonic() - start)
 
     def _timeout_error(self, timeout: Optional[float]) -> InvocationTimeoutError:
         return InvocationTimeoutError(
             f"{self.task_name} invocation {self.invocation_id} did not finish within "
             f"{timeout}s; it goes on (ask again with get_result(timeout=...)). "
             "If it never runs, check that a worker is running for app "
-            f"{self.app.app_id!r}."
+            f"{self.runtime.app_id!r}."
         )
 
     def _decode(self, outcome: AnyOutcome) -> R:
@@ -245,8 +243,8 @@ class InvocationGroup(Generic[R]):
     def _register(self) -> None:
         """Register every invocation's future with one read, instead of one per wait."""
         missing = [i for i in self.invocations if i._future is None]
-        if missing and not missing[0].app.conf.dev_mode_force_sync_tasks:
-            futures = missing[0].app.hub.futures_for([i.invocation_id for i in missing])
+        if missing:
+            futures = missing[0].runtime.hub.futures_for([i.invocation_id for i in missing])
             for invocation, future in zip(missing, futures):
                 invocation._future = future  # type: ignore[assignment]
 

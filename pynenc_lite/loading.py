@@ -15,11 +15,9 @@ import traceback
 from typing import Any
 
 from pynenc_lite.app import Pynenc
-from pynenc_lite.errors import PynencError
+from pynenc_lite.errors import TargetError
 
-
-class TargetError(PynencError):
-    """A target does not name an importable app; the message says what to change."""
+__all__ = ["TargetError", "load_app"]
 
 
 def load_app(target: str) -> tuple[Pynenc, str]:
@@ -55,27 +53,6 @@ def load_app(target: str) -> tuple[Pynenc, str]:
             f"name one as {module_name}:<attr>"
         )
     return getattr(module, apps[0]), f"{module_name}:{apps[0]}"
-
-
-def find_target(app: Pynenc) -> str:
-    """The `module:attr` under which `app` can be imported, for worker processes.
-
-    Raises:
-        TargetError: the app is not a module-level attribute of any imported module.
-    """
-    found = []
-    for name, module in list(sys.modules.items()):
-        for attr, value in list(getattr(module, "__dict__", {}).items()):
-            if value is app:
-                found.append(("__main__" if name == "__mp_main__" else name, attr))
-    # Prefer the module that defines the app over a script that imported it.
-    found.sort(key=lambda name_attr: name_attr[0] == "__main__")
-    if found:
-        return f"{found[0][0]}:{found[0][1]}"
-    raise TargetError(
-        f"{app!r} is not a module-level variable of any imported module, so worker "
-        "processes cannot import it; define it at module level (app = Pynenc(...))"
-    )
 
 
 def _add_file_to_path(path: str) -> str:

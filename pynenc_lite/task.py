@@ -2,8 +2,9 @@
 
 A task is known everywhere by its name, `module.qualname` of the function, so a worker in
 another process finds the same function by importing that module. The objects here only
-shape calls — turning `f(x)` into invocation requests and results back into values; the app
-stores them and the runners run them.
+shape calls — turning `f(x)` into invocation requests (`invoke`) and results back into
+values; storage keeps them and the runners run them. A task holds the app's `Runtime`, not
+the app.
 
     @app.task            f(x) -> Invocation       (returns at once; .result waits)
     @app.direct_task     f(x) -> value            (blocks; re-raises the task's exception)
@@ -15,23 +16,20 @@ from __future__ import annotations
 import asyncio
 import datetime
 import functools
-import importlib
 import inspect
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, Optional, TypeVar
+from typing import Any, Callable, Generic, Iterable, Optional, TypeVar, Union
 
+from pynenc_lite.importing import import_object
 from pynenc_lite.invocation import Invocation, InvocationGroup
+from pynenc_lite.invoke import Call, invoke
 from pynenc_lite.options import TaskOptions
-
-if TYPE_CHECKING:
-    from pynenc_lite.app import Pynenc
+from pynenc_lite.runtime import HasRuntime, Runtime, runtime_of
 
 logger = logging.getLogger(__name__)
 
 R = TypeVar("R")
-
-Call = tuple[tuple[Any, ...], dict[str, Any]]
 
 def to_call(item: Any, where: str) -> Call:
     """One call's arguments from a `parallel_func`/`parallelize` item.
@@ -51,17 +49,16 @@ def to_call(item: Any, where: str) -> Call:
 
 
 def _load_task(module: str, qualname: str) -> Any:
-    obj: Any = importlib.import_module(module)
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    return obj
+    return import_object(f"{module}:{qualname}")
 
 
 class Task(Generic[R]):
     """A function registered with an app; calling it returns an `Invocation` at once."""
 
-    def __init__(self, app: Pynenc, func: Callable[..., Any], options: dict[str, Any]) -> None:
-        self.app = app
+    def __init__(
+        self, runtime: Union[Runtime, HasRuntime], func: Callable[..., Any], options: dict[str, Any]
+    ) -> None:
+        self.runtime = runtime_of(runtime)  # an app is accepted too
         self.func = func
         # A spawned worker process imports the parent's script as __mp_main__; name its
         # tasks as the parent does, so both sides agree.
@@ -87,12 +84,17 @@ class Task(Generic[R]):
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"
 
+    @property
+    def app(self) -> Any:
+        """The app this task is registered with (pynenc's `task.app`)."""
+        return self.runtime.owner
+
     def __reduce__(self) -> tuple[Any, ...]:
         # Pickled by reference, like a function: the receiving process imports it.
         return _load_task, (self.func.__module__, self.func.__qualname__)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Invocation[R]:
-        return self.app.invoke(self, [(args, kwargs)], awaited=False)[0]
+        return invoke(self.runtime, self, [(args, kwargs)], awaited=False)[0]
 
     def arguments_by_name(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         """The call's arguments by parameter name, defaults applied.
@@ -118,9 +120,8 @@ class Task(Generic[R]):
         """
         if countdown_seconds < 0:
             raise ValueError(f"countdown_seconds must be >= 0, got {countdown_seconds}")
-        return self.app.invoke(
-            self, [(args, kwargs)], awaited=False, run_at=time.time() + countdown_seconds
-        )[0]
+        run_at = time.time() + countdown_seconds
+        return invoke(self.runtime, self, [(args, kwargs)], awaited=False, run_at=run_at)[0]
 
     def call_at(self, when: datetime.datetime, *args: Any, **kwargs: Any) -> Invocation[R]:
         """Store a call that no worker starts before `when` (a timezone-aware datetime).
@@ -133,7 +134,8 @@ class Task(Generic[R]):
                 f"call_at needs a timezone-aware datetime, got {when!r}; use for example "
                 "datetime.now(timezone.utc) + timedelta(minutes=5)"
             )
-        return self.app.invoke(self, [(args, kwargs)], awaited=False, run_at=when.timestamp())[0]
+        run_at = when.timestamp()
+        return invoke(self.runtime, self, [(args, kwargs)], awaited=False, run_at=run_at)[0]
 
     def parallelize(self, param_iter: Iterable[Any]) -> InvocationGroup[R]:
         """Submit one invocation per item, all in one atomic write.
@@ -145,7 +147,7 @@ class Task(Generic[R]):
             the group, whose `.results` come in input order.
         """
         calls = [to_call(item, f"parallelize() of {self.name}") for item in param_iter]
-        return InvocationGroup(self.app.invoke(self, calls, awaited=False))
+        return InvocationGroup(invoke(self.runtime, self, calls, awaited=False))
 
 
 class DirectTask(Task[R]):
@@ -159,13 +161,13 @@ class DirectTask(Task[R]):
 
     def __init__(
         self,
-        app: Pynenc,
+        runtime: Union[Runtime, HasRuntime],
         func: Callable[..., Any],
         options: dict[str, Any],
         parallel_func: Optional[Callable[[dict[str, Any]], Iterable[Any]]] = None,
         aggregate_func: Optional[Callable[[list[Any]], Any]] = None,
     ) -> None:
-        super().__init__(app, func, options)
+        super().__init__(runtime, func, options)
         if parallel_func is not None and aggregate_func is None:
             raise ValueError(
                 f"direct_task {self.name}: parallel_func needs an aggregate_func to combine "
@@ -181,16 +183,16 @@ class DirectTask(Task[R]):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.is_async:
             return self._call_async(args, kwargs)
-        invocations = self.app.invoke(self, self._calls(args, kwargs), awaited=True)
-        timeout = self.app.conf.result_timeout_seconds
+        invocations = invoke(self.runtime, self, self._calls(args, kwargs), awaited=True)
+        timeout = self.runtime.conf.result_timeout_seconds
         if self.parallel_func is None:
             return invocations[0].get_result(timeout)
         assert self.aggregate_func is not None
         return self.aggregate_func(InvocationGroup(invocations).get_results(timeout))
 
     async def _call_async(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        invocations = self.app.invoke(self, self._calls(args, kwargs), awaited=True)
-        timeout = self.app.conf.result_timeout_seconds
+        invocations = invoke(self.runtime, self, self._calls(args, kwargs), awaited=True)
+        timeout = self.runtime.conf.result_timeout_seconds
         if self.parallel_func is None:
             return await invocations[0].async_result(timeout)
         assert self.aggregate_func is not None

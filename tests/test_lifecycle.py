@@ -31,7 +31,7 @@ from pynenc_lite import (
     TaskTimeLimitError,
     ThreadRunner,
 )
-from pynenc_lite import cron as cron_module
+from pynenc_lite.runner import upkeep
 from tests import tasks_lifecycle as tl
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -315,36 +315,37 @@ def _cron_invocations(app: Pynenc) -> list[str]:
 
 def test_cron_first_sight_then_each_moment_once(app: Pynenc) -> None:
     t0 = datetime.datetime(2026, 11, 29, 12, 1, tzinfo=UTC).timestamp()
-    assert cron_module.fire_due(app, t0) == 0  # first sight: the schedule starts now
-    assert cron_module.fire_due(app, t0 + 60) == 0  # 12:02: no moment yet
-    assert cron_module.fire_due(app, t0 + 4 * 60) == 1  # 12:05
-    assert cron_module.fire_due(app, t0 + 4 * 60 + 30) == 0  # same moment again: nothing
+    assert upkeep.fire_due(app.runtime, t0) == 0  # first sight: the schedule starts now
+    assert upkeep.fire_due(app.runtime, t0 + 60) == 0  # 12:02: no moment yet
+    assert upkeep.fire_due(app.runtime, t0 + 4 * 60) == 1  # 12:05
+    assert upkeep.fire_due(app.runtime, t0 + 4 * 60 + 30) == 0  # same moment again: nothing
     assert len(_cron_invocations(app)) == 1
 
 
 @pytest.mark.parametrize("mode, expected", [("once", 1), ("all", 6), ("skip", 0)])
 def test_cron_missed_moments_after_downtime(app: Pynenc, mode: str, expected: int) -> None:
     t0 = datetime.datetime(2026, 11, 29, 12, 1, tzinfo=UTC).timestamp()
-    cron_module.fire_due(app, t0, mode)
+    upkeep.fire_due(app.runtime, t0, mode)
     # Down for half an hour: moments 12:05 ... 12:30 were missed; now is 12:32.
-    assert cron_module.fire_due(app, t0 + 31 * 60, mode) == expected
+    assert upkeep.fire_due(app.runtime, t0 + 31 * 60, mode) == expected
     assert len(_cron_invocations(app)) == expected
 
 
 def test_cron_fires_once_with_four_worker_processes(app: Pynenc, tmp_path: Path) -> None:
     """Four processes race to fire the same moments; each moment is stored exactly once."""
     t0 = datetime.datetime(2026, 11, 29, 12, 1, tzinfo=UTC).timestamp()
-    cron_module.fire_due(app, t0)
+    upkeep.fire_due(app.runtime, t0)
     script = textwrap.dedent(
         f"""
         import sys
-        from pynenc_lite import PynencConfig, cron
+        from pynenc_lite import PynencConfig
+        from pynenc_lite.runner import upkeep
         from tests import tasks_lifecycle as tl
         tl.app.conf = PynencConfig(app_id="lifecycle", environ={{}},
             config_values={{"sqlite_db_path": {str(app.conf.sqlite_db_path)!r}}})
         fired = 0
         for minute in range(0, 60):  # 12:01 .. 13:00, every process the same moments
-            fired += cron.fire_due(tl.app, {t0} + minute * 60)
+            fired += upkeep.fire_due(tl.app.runtime, {t0} + minute * 60)
         print(fired)
         """
     )

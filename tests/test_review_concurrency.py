@@ -190,7 +190,7 @@ def test_an_outcome_whose_store_failed_once_is_stored_later(app: Pynenc) -> None
     outcomes. The invocation stays RUNNING until its lease (10 s here) runs out, then runs
     again and counts a *lost attempt*: with max_lost_attempts=1 a task that succeeded ends
     FAILED with WorkerLostError ("the worker vanished"), which is false."""
-    app._backend = FailsFirstStore(app.sqlite_db_path)
+    app.runtime.backend = FailsFirstStore(app.sqlite_db_path)
     with ThreadRunner(app, threads=1):
         invocation = tr.add(1, 2)
         assert invocation.get_result(timeout=1.5) == 3

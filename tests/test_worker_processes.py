@@ -256,7 +256,7 @@ def test_task_from_a_module_the_worker_cannot_import(
         with pytest.raises(SerializationError, match="cannot be unpickled on this worker"):
             tasks_proc.echo(caller_only.Point(1))
     finally:
-        del tasks_proc.app._tasks["caller_only.only_here"]
+        del tasks_proc.app.runtime.tasks["caller_only.only_here"]
         sys.modules.pop("caller_only", None)
 
 

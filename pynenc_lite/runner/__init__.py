@@ -4,7 +4,7 @@
 worker processes that each run a `ThreadRunner`.
 """
 
-from pynenc_lite.runner.execution import RunningInvocation, current_invocation
+from pynenc_lite.execution import RunningInvocation, current_invocation
 from pynenc_lite.runner.process_runner import ProcessRunner
 from pynenc_lite.runner.thread_runner import ThreadRunner
 

@@ -28,15 +28,16 @@ import os
 import signal
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Union
 
+from pynenc_lite.importing import find_target, import_object
 from pynenc_lite.runner.base import BaseRunner
 from pynenc_lite.runner.thread_runner import EXIT_HARD_STOP, ThreadRunner, new_worker_id
+from pynenc_lite.runtime import HasRuntime, Runtime, runtime_of
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
 
-    from pynenc_lite.app import Pynenc
     from pynenc_lite.conf import PynencConfig
 
 logger = logging.getLogger(__name__)
@@ -65,18 +66,19 @@ def _child_main(
             level=log_level,
             format="%(asctime)s %(levelname)s [%(processName)s] %(name)s: %(message)s",
         )
-    from pynenc_lite.loading import load_app
-
-    app, _ = load_app(target)
-    app.conf = conf  # the supervisor's configuration, including run-time assignments
-    ThreadRunner(app, threads=threads, worker_id=worker_id, hard_stop=True).run(burst=burst)
+    # The target was checked by the supervisor (`find_target`, or the worker command's
+    # `load_app`); sys.path comes with the spawn, so importing it here finds the same app.
+    runtime = runtime_of(import_object(target))
+    runtime.conf = conf  # the supervisor's configuration, including run-time assignments
+    ThreadRunner(runtime, threads=threads, worker_id=worker_id, hard_stop=True).run(burst=burst)
 
 
 class ProcessRunner(BaseRunner):
     """Runs an app's tasks in `processes` worker processes × `threads` threads each.
 
     Args:
-        app: the app; it must be importable by worker processes (a module-level variable).
+        app: the app (or its `Runtime`); the app must be importable by worker processes
+            (a module-level variable).
         processes: worker processes (default `runner_processes`; 0 means one per CPU).
         threads: threads per process (default `max_threads`).
         target: `module:attr` of the app (default: found among imported modules).
@@ -84,7 +86,7 @@ class ProcessRunner(BaseRunner):
 
     def __init__(
         self,
-        app: Pynenc,
+        app: Union[Runtime, HasRuntime],
         *,
         processes: Optional[int] = None,
         threads: Optional[int] = None,
@@ -92,9 +94,11 @@ class ProcessRunner(BaseRunner):
     ) -> None:
         super().__init__()
         self.app = app
-        count = app.conf.runner_processes if processes is None else processes
+        self.runtime = runtime_of(app)
+        conf = self.runtime.conf
+        count = conf.runner_processes if processes is None else processes
         self.processes = int(count) if count else (os.cpu_count() or 1)
-        self.threads = int(threads if threads is not None else app.conf.max_threads)
+        self.threads = int(threads if threads is not None else conf.max_threads)
         if self.processes < 1 or self.threads < 1:
             raise ValueError(
                 f"processes and threads must be >= 1, got {self.processes} and {self.threads}"
@@ -131,11 +135,10 @@ class ProcessRunner(BaseRunner):
             RuntimeError: already running.
             TargetError: the app cannot be imported by worker processes.
         """
-        from pynenc_lite.loading import find_target
-
         previous = self._begin()
         try:
-            target = self._target or find_target(self.app)
+            owner = self.runtime.owner if self.runtime.owner is not None else self.app
+            target = self._target or find_target(owner)
             context = multiprocessing.get_context("spawn")
             log_level = self._child_log_level()
             delay = 0.0
@@ -143,7 +146,7 @@ class ProcessRunner(BaseRunner):
                 self._spawn(context, target, burst, log_level)
             logger.info(
                 "process runner for app %r started %d worker processes x %d threads (%s)",
-                self.app.app_id,
+                self.runtime.app_id,
                 self.processes,
                 self.threads,
                 target,
@@ -182,7 +185,7 @@ class ProcessRunner(BaseRunner):
         worker_id = new_worker_id(f"w{self._started}")
         process = context.Process(
             target=_child_main,
-            args=(target, self.app.conf, worker_id, self.threads, burst, log_level),
+            args=(target, self.runtime.conf, worker_id, self.threads, burst, log_level),
             name=f"pynenc-lite-worker-{self._started}",
             daemon=False,
         )
@@ -191,7 +194,7 @@ class ProcessRunner(BaseRunner):
 
     def _recover(self, worker_id: str, process: BaseProcess) -> None:
         try:
-            expired = self.app.backend.expire_leases(worker_id)
+            expired = self.runtime.backend.expire_leases(worker_id)
         except Exception:
             expired = -1
             logger.exception("could not expire the leases of %s; they expire on time", worker_id)
@@ -214,7 +217,7 @@ class ProcessRunner(BaseRunner):
 
     def _stop_children(self) -> None:
         """SIGTERM every child (graceful), wait, then SIGKILL stragglers and recover."""
-        grace = self.app.conf.shutdown_grace_seconds
+        grace = self.runtime.conf.shutdown_grace_seconds
         for process, _ in self._children.values():
             if process.is_alive() and process.pid:
                 os.kill(process.pid, signal.SIGTERM)

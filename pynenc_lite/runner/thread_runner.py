@@ -30,21 +30,19 @@ import socket
 import threading
 import time
 import uuid
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import Callable, Optional, Union
 
-from pynenc_lite import cron
 from pynenc_lite.backend.base import ClaimedInvocation, Outcome, WorkerInfo
 from pynenc_lite.errors import TaskTimeLimitError
-from pynenc_lite.runner.base import BaseRunner
-from pynenc_lite.runner.execution import (
+from pynenc_lite.execution import (
     DEFAULT_OPTIONS,
     failure_outcome,
     run_claimed,
     running_for,
 )
-
-if TYPE_CHECKING:
-    from pynenc_lite.app import Pynenc
+from pynenc_lite.runner import upkeep
+from pynenc_lite.runner.base import BaseRunner
+from pynenc_lite.runtime import HasRuntime, Runtime, runtime_of
 
 logger = logging.getLogger(__name__)
 
@@ -57,10 +55,8 @@ STORE_RETRY_MAX_SECONDS = 2.0
 THREAD_EXIT_SECONDS = 5.0
 # How often cron schedules are checked (each moment still fires once, whoever checks).
 CRON_CHECK_SECONDS = 0.5
-# How often finished invocations past result_ttl_seconds are looked for, and how many are
-# deleted per transaction (small, so a purge never holds the write lock for long).
+# How often finished invocations past result_ttl_seconds are looked for.
 EXPIRY_CHECK_SECONDS = 5.0
-EXPIRY_BATCH = 200
 # Exit code of a worker process that ended itself to stop a task (time limit, cancel).
 EXIT_HARD_STOP = 75
 
@@ -69,11 +65,13 @@ class _Running:
     """One claimed invocation handed to a worker thread. Fields after `claimed` change only
     under the runner's condition."""
 
-    def __init__(self, claimed: ClaimedInvocation, worker_id: str, app: Pynenc, now: float) -> None:
+    def __init__(
+        self, claimed: ClaimedInvocation, worker_id: str, runtime: Runtime, now: float
+    ) -> None:
         self.claimed = claimed
         self.info = running_for(claimed, worker_id)
         try:
-            self.options = app.resolve_task(claimed.task_name).options
+            self.options = runtime.resolve_task(claimed.task_name).options
         except Exception:
             self.options = DEFAULT_OPTIONS  # run_claimed reports why the task is missing
         limit = self.options.time_limit_seconds
@@ -94,7 +92,7 @@ class ThreadRunner(BaseRunner):
     """Runs an app's tasks on threads of this process.
 
     Args:
-        app: the app whose tasks to run.
+        app: the app whose tasks to run (or its `Runtime`).
         threads: worker threads (default: `max_threads` from the configuration).
         worker_id: the id this runner claims under (default: a new one per `run()`); a
             process runner names its children so it can recover their work if they die.
@@ -105,7 +103,7 @@ class ThreadRunner(BaseRunner):
 
     def __init__(
         self,
-        app: Pynenc,
+        app: Union[Runtime, HasRuntime],
         *,
         threads: Optional[int] = None,
         worker_id: Optional[str] = None,
@@ -114,8 +112,9 @@ class ThreadRunner(BaseRunner):
     ) -> None:
         super().__init__()
         self.app = app
+        self.runtime = runtime_of(app)
         self.hard_stop = hard_stop
-        self.threads = int(threads if threads is not None else app.conf.max_threads)
+        self.threads = int(threads if threads is not None else self.runtime.conf.max_threads)
         if self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
         self.clock = clock
@@ -186,7 +185,7 @@ class ThreadRunner(BaseRunner):
     # -- the loop ---------------------------------------------------------------------------
 
     def _run(self, burst: bool) -> None:
-        app = self.app
+        app = self.runtime
         backend, hub = app.backend, app.hub
         info = WorkerInfo(
             self.worker_id,
@@ -248,8 +247,8 @@ class ThreadRunner(BaseRunner):
             self._wake()
 
     def _dispatch_loop(self, burst: bool) -> None:
-        c = self.app.conf
-        has_cron = any(t.options.cron for t in self.app.tasks.values()) and not burst
+        c = self.runtime.conf
+        has_cron = any(t.options.cron for t in self.runtime.tasks.values()) and not burst
         next_cron = next_expiry = self.clock()
         grace_end: Optional[float] = None  # once stopping
         while True:
@@ -317,7 +316,7 @@ class ThreadRunner(BaseRunner):
 
     def _read_next_due(self) -> Optional[float]:
         try:
-            return self.app.backend.next_run_at(self.app.app_id)
+            return self.runtime.backend.next_run_at(self.runtime.app_id)
         except Exception:
             logger.exception("reading the next delayed run failed")
             return None
@@ -366,19 +365,14 @@ class ThreadRunner(BaseRunner):
         """Delete one small batch of results older than `result_ttl_seconds`.
         Returns True when the batch was full (more may be waiting)."""
         try:
-            deleted = self.app.backend.purge_expired(
-                self.app.app_id, now - self.app.conf.result_ttl_seconds, EXPIRY_BATCH
-            )
+            return upkeep.expire_results(self.runtime, now)
         except Exception:
             logger.exception("deleting expired results failed; trying again later")
             return False
-        if deleted:
-            logger.debug("deleted %d expired invocation(s)", deleted)
-        return deleted == EXPIRY_BATCH
 
     def _fire_cron(self, now: float) -> None:
         try:
-            fired = cron.fire_due(self.app, now, self.app.conf.cron_catch_up)
+            fired = upkeep.fire_due(self.runtime, now, self.runtime.conf.cron_catch_up)
         except Exception:
             logger.exception("firing cron tasks failed; trying again shortly")
             return
@@ -387,7 +381,7 @@ class ThreadRunner(BaseRunner):
 
     def _store(self, outcomes: list[Outcome]) -> None:
         try:
-            flags = self.app.backend.complete_many(outcomes, self.worker_id, self.clock())
+            flags = self.runtime.backend.complete_many(outcomes, self.worker_id, self.clock())
         except Exception:
             # Keep them (their leases are kept by heartbeats) and try again shortly: a
             # finished task must not run again because storage hiccupped once.
@@ -402,7 +396,7 @@ class ThreadRunner(BaseRunner):
                 self._store_not_before = time.monotonic() + self._store_delay
             return
         self._store_delay = 0.0
-        hub = self.app.hub
+        hub = self.runtime.hub
         for outcome, accepted in zip(outcomes, flags):
             if accepted and outcome.status.is_final():
                 hub.resolve(outcome)
@@ -411,11 +405,11 @@ class ThreadRunner(BaseRunner):
                 self._next_due = outcome.retry_at if due is None else min(due, outcome.retry_at)
 
     def _claim(self, limit: int) -> list[ClaimedInvocation]:
-        c = self.app.conf
+        c = self.runtime.conf
         now = self.clock()
         try:
-            claimed = self.app.backend.claim(
-                app_id=self.app.app_id,
+            claimed = self.runtime.backend.claim(
+                app_id=self.runtime.app_id,
                 worker_id=self.worker_id,
                 limit=limit,
                 now=now,
@@ -426,7 +420,7 @@ class ThreadRunner(BaseRunner):
             logger.exception("claiming work failed; trying again within %ss", IDLE_CHECK_SECONDS)
             return []
         if claimed:
-            entries = [_Running(item, self.worker_id, self.app, now) for item in claimed]
+            entries = [_Running(item, self.worker_id, self.runtime, now) for item in claimed]
             with self._cond:
                 self._idle -= len(claimed)
                 self._active += len(claimed)
@@ -453,7 +447,7 @@ class ThreadRunner(BaseRunner):
                 return
             outcome: Optional[Outcome] = None
             try:
-                outcome = run_claimed(self.app, entry.claimed, entry.info, self.clock)
+                outcome = run_claimed(self.runtime, entry.claimed, entry.info, self.clock)
             except BaseException:  # a bug here must not cost the pool a thread
                 logger.exception(
                     "running invocation %s failed inside pynenc_lite; its lease will expire "
@@ -474,8 +468,8 @@ class ThreadRunner(BaseRunner):
                 self._cond.notify_all()
 
     def _heartbeat(self, info: WorkerInfo) -> None:
-        c = self.app.conf
-        backend = self.app.backend
+        c = self.runtime.conf
+        backend = self.runtime.backend
         while not self._stop_heartbeat.wait(c.heartbeat_interval_seconds):
             with self._cond:
                 # Outcomes not stored yet still need their leases (a slow or failing store).
@@ -518,8 +512,8 @@ class ThreadRunner(BaseRunner):
         )
         self._stop_heartbeat.set()
         try:
-            self.app.backend.release(self.worker_id, self.clock())
-            self.app.backend.remove_worker(self.worker_id)
+            self.runtime.backend.release(self.worker_id, self.clock())
+            self.runtime.backend.remove_worker(self.worker_id)
         finally:
             logging.shutdown()
             os._exit(EXIT_HARD_STOP)
@@ -541,7 +535,7 @@ class ThreadRunner(BaseRunner):
         # Stop heartbeats first: one after remove_worker() would announce us alive again.
         self._stop_heartbeat.set()
         heartbeat.join()
-        backend = self.app.backend
+        backend = self.runtime.backend
         with self._cond:
             unfinished = self._active
             for entry in self._running.values():

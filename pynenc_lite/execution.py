@@ -1,9 +1,16 @@
-"""Running one claimed invocation: find the function, load the arguments, call it, and
-package the outcome. Never raises: every failure becomes a FAILED outcome with a readable
-error — or a RETRY outcome when the task's retry policy allows another attempt — so a bad
-invocation cannot take a runner down or be retried forever.
+"""Running a task: the one execution path shared by sync mode and the runners.
 
-Shared by the thread runner and the worker processes; it does no storage I/O.
+    call_task        the function, with `current_invocation()` set; a coroutine is run to
+                     completion (the same detection on every path)
+    run_claimed      a runner's claimed invocation -> Outcome (SUCCESS, RETRY or FAILED)
+    run_inline       sync mode's call -> LocalOutcome, retrying at once as the policy allows
+
+Both catch every `BaseException` a task raises: a task raising SystemExit, KeyboardInterrupt
+or asyncio.CancelledError fails its invocation (on a runner it must not end a worker thread
+and leave the invocation RUNNING for ever; in sync mode the caller gets the same exception
+back from `.result`, as it would from a worker). Neither ever raises itself.
+
+It does no storage I/O: runners store the outcomes, sync mode hands them to the caller.
 """
 
 from __future__ import annotations
@@ -16,15 +23,16 @@ import inspect
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Union
 
 from pynenc_lite import serializer
 from pynenc_lite.backend.base import ClaimedInvocation, Outcome
+from pynenc_lite.conf import PynencConfig
 from pynenc_lite.options import TaskOptions
 from pynenc_lite.status import InvocationStatus
 
 if TYPE_CHECKING:
-    from pynenc_lite.app import Pynenc
+    from pynenc_lite.runtime import RegisteredTask, Runtime
 
 logger = logging.getLogger(__name__)
 
@@ -95,8 +103,69 @@ def running_as(running: RunningInvocation) -> Iterator[RunningInvocation]:
         _current.reset(token)
 
 
+@dataclasses.dataclass(frozen=True)
+class LocalOutcome:
+    """The outcome of a call run inline (sync mode): a value, or an exception to raise."""
+
+    invocation_id: str
+    value: Any = None
+    exception: Optional[BaseException] = None
+
+
+AnyOutcome = Union[Outcome, LocalOutcome]
+
+
+def call_task(
+    task: RegisteredTask, args: tuple[Any, ...], kwargs: dict[str, Any], running: RunningInvocation
+) -> Any:
+    """Call the task's function as `running` (what `current_invocation()` returns inside);
+    a coroutine it returns is run to completion. Raises whatever the task raises."""
+    with running_as(running):
+        value = task.func(*args, **kwargs)
+        if inspect.iscoroutine(value):
+            value = run_coroutine_blocking(value)
+    return value
+
+
+def run_inline(
+    task: RegisteredTask,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    invocation_id: str,
+    *,
+    round_trip: bool,
+) -> LocalOutcome:
+    """Run a call in this thread now (sync mode), retrying at once while the task's retry
+    policy allows (tests should not sleep). With `round_trip`, arguments, the result and the
+    exception make the same pickle round trip as on a worker. What the task raises becomes
+    the outcome's exception.
+
+    Raises:
+        SerializationError: an argument cannot be pickled (the call is not made).
+    """
+    if round_trip:
+        args, kwargs = serializer.loads_call(
+            task.name, serializer.dumps_call(task.name, args, kwargs)
+        )
+    retries = 0
+    while True:
+        running = RunningInvocation(invocation_id, task.name, retries + 1, retries, "inline")
+        try:
+            value = call_task(task, args, kwargs, running)
+            if round_trip:
+                value = serializer.loads_value(task.name, serializer.dumps_value(task.name, value))
+            return LocalOutcome(invocation_id, value=value)
+        except BaseException as exc:
+            if task.options.should_retry(exc, retries):
+                retries += 1
+                logger.info("sync call of %s failed (%r); retry %d", task.name, exc, retries)
+                continue
+            error = serializer.round_trip_exception(exc) if round_trip else exc
+            return LocalOutcome(invocation_id, exception=error)
+
+
 def run_claimed(
-    app: Pynenc,
+    runtime: Runtime,
     claimed: ClaimedInvocation,
     running: RunningInvocation,
     clock: Callable[[], float],
@@ -106,29 +175,23 @@ def run_claimed(
     options = DEFAULT_OPTIONS
     started = time.perf_counter()
     log = logger.isEnabledFor(logging.INFO)
-    with running_as(running):
-        try:
-            task = app.resolve_task(claimed.task_name)
-            options = task.options
-            args, kwargs = serializer.loads_call(claimed.task_name, claimed.args)
-            if log:
-                logger.info(
-                    "start %s %s attempt %d (%s)",
-                    claimed.task_name,
-                    claimed.invocation_id[:8],
-                    claimed.attempt,
-                    describe_arguments(task, args, kwargs, app.conf),
-                )
-            value = task.func(*args, **kwargs)
-            if inspect.iscoroutine(value):
-                value = run_coroutine_blocking(value)
-            payload = serializer.dumps_value(claimed.task_name, value)
-            outcome = Outcome(claimed.invocation_id, InvocationStatus.SUCCESS, payload)
-        except BaseException as exc:
-            # Every kind: a task raising SystemExit, KeyboardInterrupt or
-            # asyncio.CancelledError must fail its invocation, not end a worker thread and
-            # leave the invocation RUNNING for ever.
-            outcome = failure_outcome(claimed, options, exc, clock())
+    try:
+        task = runtime.resolve_task(claimed.task_name)
+        options = task.options
+        args, kwargs = serializer.loads_call(claimed.task_name, claimed.args)
+        if log:
+            logger.info(
+                "start %s %s attempt %d (%s)",
+                claimed.task_name,
+                claimed.invocation_id[:8],
+                claimed.attempt,
+                describe_arguments(task, args, kwargs, runtime.conf),
+            )
+        value = call_task(task, args, kwargs, running)
+        payload = serializer.dumps_value(claimed.task_name, value)
+        outcome = Outcome(claimed.invocation_id, InvocationStatus.SUCCESS, payload)
+    except BaseException as exc:  # every kind: see the module docstring
+        outcome = failure_outcome(claimed, options, exc, clock())
     if log:
         logger.info(
             "finish %s %s attempt %d in %.3fs: %s%s",
@@ -143,7 +206,7 @@ def run_claimed(
 
 
 def describe_arguments(
-    task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], conf: Any
+    task: RegisteredTask, args: tuple[Any, ...], kwargs: dict[str, Any], conf: PynencConfig
 ) -> str:
     """The arguments for a log line, as `argument_print_mode` allows: HIDDEN, KEYS (names
     only), FULL, or TRUNCATED (each value cut at `truncate_arguments_length`)."""
