@@ -21,6 +21,7 @@ from typing import Optional, Sequence
 from pynenc_lite.errors import PynencError
 from pynenc_lite.loading import TargetError, load_app
 from pynenc_lite.runner import ProcessRunner, ThreadRunner
+from pynenc_lite.runner.base import block_stop_signals, unblock_stop_signals
 
 logger = logging.getLogger("pynenc_lite.worker")
 
@@ -73,6 +74,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the worker command line; returns the exit code."""
+    # SIGINT/SIGTERM wait (blocked, so pending) until the runner has installed its handlers:
+    # a stop asked for while the app is still importing is then a clean stop, not a kill.
+    block_stop_signals()
+    try:
+        return _main(argv)
+    finally:
+        unblock_stop_signals()
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -87,6 +98,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             logging.getLogger().setLevel(app.conf.logging_level)
         if args.db:
             app.conf.sqlite_db_path = args.db
+            if app.conf.broker_url:
+                # An explicit file beats a server named by the environment, as in the admin
+                # command: the user typed it on this very command line.
+                logger.info("--db %s given: not using broker_url %s", args.db, app.conf.broker_url)
+                app.conf.broker_url = None
         if not app.tasks:
             raise TargetError(
                 f"app {app.app_id!r} ({target}) has no tasks: decorate functions with "

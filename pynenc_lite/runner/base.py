@@ -45,6 +45,23 @@ def _stop_running_runners() -> None:
         runner.wait_until_stopped(EXIT_STOP_SECONDS)
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def block_stop_signals() -> None:
+    """Hold SIGINT/SIGTERM pending in this (main) thread until a runner installs its handlers
+    (`BaseRunner._begin` unblocks them), so a stop asked for during start-up is not lost.
+    A command line calls this first thing. Does nothing where signal masks do not exist."""
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+
+def unblock_stop_signals() -> None:
+    """Undo `block_stop_signals` (what was held back is delivered now)."""
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
 class BaseRunner(abc.ABC):
     """A runner: `run()` blocks until stopped; `stop_runner_loop()` asks it to stop."""
 
@@ -138,11 +155,13 @@ class BaseRunner(abc.ABC):
         self._previous_wakeup_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
         # A signal the process ignores (a worker process ignores SIGINT; so does `nohup`)
         # stays ignored.
-        return {
+        previous = {
             sig: signal.signal(sig, handler)
-            for sig in (signal.SIGINT, signal.SIGTERM)
+            for sig in STOP_SIGNALS
             if signal.getsignal(sig) is not signal.SIG_IGN
         }
+        unblock_stop_signals()  # what `block_stop_signals` held back reaches our handler now
+        return previous
 
     def _wake(self) -> None:
         """Wake the supervising thread (safe from any thread)."""
