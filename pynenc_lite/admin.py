@@ -15,8 +15,8 @@ override both. Storage is reached only through the `Backend` protocol, so every 
 works the same on a local SQLite file and on a `tcp://` server.
 
 Output is aligned tables for people and `--json` for scripts. Exit codes: 0 done; 1 nothing
-found or nothing done (an unknown id, a cancel of a finished invocation, a requeue of ids
-that are not FAILED); 2 a bad command line, target, configuration or database (one line on
+found or nothing done (an unknown id, a `list` that matches nothing, a cancel of a finished
+invocation, a requeue that requeued nothing or not every given id); 2 a bad command line, target, configuration or database (one line on
 stderr).
 
 Only `inspect` unpickles anything — the arguments and the result, to show them. Loading a
@@ -305,11 +305,12 @@ def cmd_list(app: Pynenc, args: argparse.Namespace) -> int:
         if rows else f"no invocations of app {app.app_id!r} match"
     )
     _emit(args, [_record_dict(r) for r in records], text)
-    return EXIT_OK
+    return EXIT_OK if records else EXIT_NOTHING_DONE
 
 
 def cmd_requeue(app: Pynenc, args: argparse.Namespace) -> int:
-    """`requeue`: FAILED back to REGISTERED; 1 if some given ids were not requeued."""
+    """`requeue`: FAILED back to REGISTERED; 1 if nothing was requeued, or some given ids
+    were not."""
     chosen = sum([bool(args.ids), args.task is not None, args.all_failed])
     if chosen != 1:
         raise CommandError("give exactly one of: invocation ids, --task NAME, --all-failed")
@@ -318,7 +319,7 @@ def cmd_requeue(app: Pynenc, args: argparse.Namespace) -> int:
         app.app_id, invocation_ids=args.ids or None, task_name=args.task, now=time.time()
     )
     text = f"requeued {count} failed invocation(s) of app {app.app_id!r}"
-    code = EXIT_OK
+    code = EXIT_OK if count else EXIT_NOTHING_DONE
     if args.ids and count < len(args.ids):
         text += f"; {len(args.ids) - count} of the given ids are unknown or not FAILED"
         code = EXIT_NOTHING_DONE

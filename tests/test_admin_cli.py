@@ -254,7 +254,8 @@ def test_list_with_filters(filled: Filled) -> None:
     adds = cli_json(*filled.args("list", "--task", "tests.tasks_admin.add", "--limit", "2"))
     assert len(adds) == 2 and {r["task_name"] for r in adds} == {"tests.tasks_admin.add"}
     none = cli(*filled.args("list", "--task", "nope"))
-    assert none.returncode == 0 and "no invocations" in none.stdout
+    assert none.returncode == 1 and "no invocations" in none.stdout  # the README: nothing found
+    assert cli_json(*filled.args("list", "--task", "nope"), code=1) == []
     assert cli(*filled.args("list", "--status", "PENDING")).returncode == 2
 
 
@@ -275,12 +276,13 @@ def test_requeue_by_id_then_the_task_runs_again(filled: Filled) -> None:
 
 
 def test_requeue_by_task_and_all_failed(filled: Filled) -> None:
-    assert cli_json(*filled.args("requeue", "--task", "tests.tasks_admin.add"))["requeued"] == 0
+    nothing = cli_json(*filled.args("requeue", "--task", "tests.tasks_admin.add"), code=1)
+    assert nothing["requeued"] == 0  # the README: nothing done is exit code 1
     assert cli_json(*filled.args("requeue", "--task", "tests.tasks_admin.fail"))["requeued"] == 1
     ThreadRunner(filled.app, threads=1).run(burst=True)
     done = cli(*filled.args("requeue", "--all-failed"))
     assert done.returncode == 0 and "requeued 1 failed" in done.stdout
-    assert cli_json(*filled.args("requeue", "--all-failed"))["requeued"] == 0
+    assert cli_json(*filled.args("requeue", "--all-failed"), code=1)["requeued"] == 0
 
 
 @pytest.mark.parametrize(

@@ -155,7 +155,7 @@ class BaseRunner(abc.ABC):
         self._previous_wakeup_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
         # A signal the process ignores (a worker process ignores SIGINT; so does `nohup`)
         # stays ignored.
-        previous = {
+        previous: dict[int, Any] = {
             sig: signal.signal(sig, handler)
             for sig in STOP_SIGNALS
             if signal.getsignal(sig) is not signal.SIG_IGN
