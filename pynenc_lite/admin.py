@@ -16,8 +16,8 @@ works the same on a local SQLite file and on a `tcp://` server.
 
 Output is aligned tables for people and `--json` for scripts. Exit codes: 0 done; 1 nothing
 found or nothing done (an unknown id, a `list` that matches nothing, a cancel of a finished
-invocation, a requeue that requeued nothing or not every given id); 2 a bad command line, target, configuration or database (one line on
-stderr).
+invocation, a requeue that requeued nothing or not every given id); 2 a bad command line,
+target, configuration or database (one line on stderr).
 
 Only `inspect` unpickles anything — the arguments and the result, to show them. Loading a
 pickle runs code, so use it on databases you trust, or pass `--no-unpickle`.

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import time
 from typing import Any, Generic, Iterator, Optional, TypeVar, Union
@@ -23,6 +24,7 @@ from typing import Any, Generic, Iterator, Optional, TypeVar, Union
 from pynenc_lite import serializer
 from pynenc_lite.backend.base import HistoryEntry, InvocationRecord, Outcome
 from pynenc_lite.errors import (
+    BackendError,
     InvocationCancelledError,
     InvocationNotFoundError,
     InvocationTimeoutError,
@@ -34,6 +36,41 @@ from pynenc_lite.status import InvocationStatus
 logger = logging.getLogger(__name__)
 
 R = TypeVar("R")
+
+
+def check_timeout(timeout: Optional[float]) -> None:
+    """The one check of a wait's `timeout`, the same for every wait.
+
+    Raises:
+        ValueError: it is not None or a number of seconds >= 0.
+    """
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
+        raise ValueError(
+            f"timeout must be None (no limit) or a number of seconds >= 0, got {timeout!r}"
+        )
+
+
+class _Deadline:
+    """The time left of one wait, in steps no longer than the pause between looks at storage
+    (`no_worker_warning_seconds`)."""
+
+    def __init__(self, timeout: Optional[float], runtime: Runtime) -> None:
+        self.start = time.monotonic()
+        self.end = None if timeout is None else self.start + timeout
+        self.check_every = max(runtime.conf.no_worker_warning_seconds, 0.01)
+
+    def step(self) -> float:
+        if self.end is None:
+            return self.check_every
+        return max(0.0, min(self.check_every, self.end - time.monotonic()))
+
+    def passed(self) -> bool:
+        return self.end is not None and time.monotonic() >= self.end
+
+    def waited(self) -> float:
+        return time.monotonic() - self.start
 
 
 class Invocation(Generic[R]):
@@ -166,47 +203,73 @@ class Invocation(Generic[R]):
         return self._decode(self._wait(timeout))
 
     async def async_result(self, timeout: Optional[float] = None) -> R:
-        """Await the return value without blocking the event loop. Raises like `result`."""
+        """Await the return value without blocking the event loop. Raises like `result`.
+
+        It looks at storage as `get_result` does (in a worker thread, off the event loop), so
+        it also ends when the hub was closed meanwhile, and it gives the no-worker warning.
+        """
+        check_timeout(timeout)
         future = asyncio.wrap_future(self.future)
-        # asyncio.wait never cancels what it waits for, so a timeout here leaves the shared
-        # future intact for other waiters.
-        done, _ = await asyncio.wait({future}, timeout=timeout)
-        if not done:
-            raise self._timeout_error(timeout)
-        return self._decode(future.result())
+        deadline = _Deadline(timeout, self.runtime)
+        warned = False
+        while True:
+            # asyncio.wait never cancels what it waits for, so a timeout here leaves the
+            # shared future intact for other waiters.
+            done, _ = await asyncio.wait({future}, timeout=deadline.step())
+            if done:
+                return self._decode(future.result())
+            if deadline.passed():
+                raise self._timeout_error(timeout)
+            stored = await asyncio.get_running_loop().run_in_executor(None, self._stored_outcome)
+            if stored is not None:
+                return self._decode(stored)
+            if not warned:
+                warned = await asyncio.get_running_loop().run_in_executor(
+                    None, self.runtime.warn_if_no_worker, repr(self), deadline.waited()
+                )
 
     def _wait(self, timeout: Optional[float]) -> AnyOutcome:
+        check_timeout(timeout)
         future = self.future
         if future.done():
             return future.result()
-        if timeout is not None and timeout < 0:
-            raise ValueError(f"timeout must be None or >= 0 seconds, got {timeout}")
-        start = time.monotonic()
-        deadline = None if timeout is None else start + timeout
-        rt = self.runtime
-        check_every = max(rt.conf.no_worker_warning_seconds, 0.01)
+        deadline = _Deadline(timeout, self.runtime)
         warned = False
         while True:
-            step = check_every
-            if deadline is not None:
-                step = min(check_every, deadline - time.monotonic())
             try:
-                return future.result(timeout=max(step, 0))
+                return future.result(timeout=deadline.step())
             except concurrent.futures.TimeoutError:
                 pass
-            if deadline is not None and time.monotonic() >= deadline:
+            if deadline.passed():
                 raise self._timeout_error(timeout)
-            record = rt.backend.get_invocation(self.invocation_id)
-            if record is None:
-                rt.hub.forget(self.invocation_id)
-                raise InvocationNotFoundError(rt.not_found_message(self.invocation_id))
-            if record.status.is_final():
-                # Stored, but our future was not told (its hub was closed meanwhile, say):
-                # read the outcome directly rather than wait for a signal that won't come.
-                for outcome in rt.backend.get_outcomes([self.invocation_id]):
-                    return outcome
+            stored = self._stored_outcome()
+            if stored is not None:
+                return stored
             if not warned:
-                warned = rt.warn_if_no_worker(repr(self), time.monotonic() - start)
+                warned = self.runtime.warn_if_no_worker(repr(self), deadline.waited())
+
+    def _stored_outcome(self) -> Optional[Outcome]:
+        """The stored outcome when it is final, else None (a look while waiting: the future
+        was not told when its hub was closed meanwhile, say; this wait must still end).
+
+        Raises:
+            InvocationNotFoundError: the invocation is no longer stored.
+        """
+        rt = self.runtime
+        backend = rt.backend
+        try:
+            record = backend.get_invocation(self.invocation_id)
+            outcomes = [] if record is None or not record.status.is_final() else (
+                backend.get_outcomes([self.invocation_id])
+            )
+        except BackendError:
+            if not rt.was_closed(backend):
+                raise
+            return None  # the app was closed under us (its next backend is asked next time)
+        if record is None:
+            rt.hub.forget(self.invocation_id)
+            raise InvocationNotFoundError(rt.not_found_message(self.invocation_id))
+        return outcomes[0] if outcomes else None
 
     def _timeout_error(self, timeout: Optional[float]) -> InvocationTimeoutError:
         return InvocationTimeoutError(
@@ -268,6 +331,7 @@ class InvocationGroup(Generic[R]):
         Raises:
             the first failure in input order; InvocationTimeoutError when time runs out.
         """
+        check_timeout(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         self._register()
         values = []
@@ -279,19 +343,42 @@ class InvocationGroup(Generic[R]):
     def as_completed(self, timeout: Optional[float] = None) -> Iterator[Invocation[R]]:
         """Yield the invocations as they finish (like `concurrent.futures.as_completed`).
 
+        Like a single wait, it looks at storage between notifications (so it ends even when
+        the hub was closed meanwhile) and gives the no-worker warning.
+
         Raises:
             InvocationTimeoutError: `timeout` seconds passed before all finished.
         """
+        check_timeout(timeout)
         self._register()
-        by_future: dict[Any, list[Invocation[R]]] = {}
+        pending: dict[Any, list[Invocation[R]]] = {}
         for invocation in self.invocations:
-            by_future.setdefault(invocation.future, []).append(invocation)
-        try:
-            for future in concurrent.futures.as_completed(by_future, timeout=timeout):
-                yield from by_future[future]
-        except concurrent.futures.TimeoutError:
-            pending = sum(not f.done() for f in by_future)
-            raise InvocationTimeoutError(
-                f"{pending} of {len(self.invocations)} invocations did not finish within "
-                f"{timeout}s; they go on running."
-            ) from None
+            pending.setdefault(invocation.future, []).append(invocation)
+        if not pending:
+            return
+        runtime = self.invocations[0].runtime
+        deadline = _Deadline(timeout, runtime)
+        warned = False
+        while pending:
+            done, _ = concurrent.futures.wait(
+                pending, timeout=deadline.step(), return_when=concurrent.futures.FIRST_COMPLETED
+            )
+            for future in done:
+                yield from pending.pop(future)
+            if not pending or done:
+                continue
+            if deadline.passed():
+                raise InvocationTimeoutError(
+                    f"{len(pending)} of {len(self.invocations)} invocations did not finish "
+                    f"within {timeout}s; they go on running."
+                )
+            # One read for every invocation still pending: outcomes stored but not told.
+            by_id = {group[0].invocation_id: future for future, group in pending.items()}
+            for outcome in runtime.backend.get_outcomes(list(by_id)):
+                future = by_id[outcome.invocation_id]
+                with contextlib.suppress(concurrent.futures.InvalidStateError):
+                    future.set_result(outcome)  # unless the hub told it just now
+                yield from pending.pop(future)
+            if not warned and pending:
+                first = next(iter(pending.values()))[0]
+                warned = runtime.warn_if_no_worker(repr(first), deadline.waited())

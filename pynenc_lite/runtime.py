@@ -179,6 +179,11 @@ class Runtime:
                     self._hub = Hub(self.backend)
         return self._hub
 
+    def was_closed(self, backend: Backend) -> bool:
+        """True when `backend` is no longer this runtime's (it was closed by `close()`), so a
+        failure on it says nothing about the storage: ask `backend` again."""
+        return self._backend is not backend
+
     @property
     def has_hub(self) -> bool:
         """True when the hub was made (nobody can be waiting on a hub that does not exist)."""
@@ -188,12 +193,14 @@ class Runtime:
         """Stop the hub's watcher, then close the backend's connections (in that order, so no
         thread is left using a closed connection). Both are made anew on next use."""
         with self._lock:
-            if self._hub is not None:
-                self._hub.close()
-            if self._backend is not None:
-                self._backend.close()
-            self._hub = None
-            self._backend = None
+            # Forgotten first, so `was_closed` is true as soon as the closing starts; new
+            # parts are made only once this lock is free again.
+            hub, backend = self._hub, self._backend
+            self._hub = self._backend = None
+            if hub is not None:
+                hub.close()
+            if backend is not None:
+                backend.close()
 
     # -- messages ---------------------------------------------------------------------------
 

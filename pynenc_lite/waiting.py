@@ -227,12 +227,20 @@ class Hub:
 
     def _collect_finished(self) -> None:
         with self._cond:
-            if not self._futures:
-                # Nobody waits: skip ahead. Read under the lock so that no future can be
-                # registered between the emptiness check and the new starting point.
-                self._seq, _ = self._backend.get_finished_since(-1)
-                return
+            nobody_waits = not self._futures
             seq = self._seq if self._seq is not None else -1
+        if nobody_waits:
+            # Skip ahead. The read happens outside the lock (over TCP it may take a reconnect,
+            # and callers must not wait for that); the new starting point is taken only if
+            # still nobody waits. A future registered after the read belongs to a call
+            # submitted after it, whose outcome gets a larger number; one registered for an
+            # outcome stored earlier reads it itself (`check_stored`).
+            newest, _ = self._backend.get_finished_since(-1)
+            with self._cond:
+                if not self._futures:
+                    self._seq = newest
+                    return
+        # The lock is never held across a backend call: resolve/future_for stay responsive.
         new_seq, finished = self._backend.get_finished_since(seq)
         with self._cond:
             self._seq = new_seq
