@@ -9,7 +9,7 @@
 `PRAGMA data_version` reads no table: it changes on a connection when another connection
 commits. `wait_for_change` polls it, starting at `poll_min_seconds` and backing off. On Linux
 the waiting thread also names a datagram socket in the `listeners` table and sleeps on it;
-every write transaction of the backend nudges the other listeners (`wakeup.py`), so the
+the write transaction of every backend method nudges the other listeners (`wakeup.py`), so the
 back-off may go up to a second while a commit still wakes the waiter within microseconds.
 Without nudges the back-off stops at `poll_max_seconds`. `maintain` checkpoints the WAL
 from the same watcher thread, off the callers' path.

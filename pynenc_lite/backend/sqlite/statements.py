@@ -1,8 +1,9 @@
 """Pieces of SQL shared by `claims.py` and `operations.py`.
 
 What it holds: placeholder lists and chunking under SQLite's parameter limit, the status
-lists as they are written into SQL, the record columns, and the two writes every status
-change shares: a row of history and a number of the outcome counter.
+lists as they are written into SQL, the record columns, and two writes shared by the
+status changes: a row of history for each, and a number of the outcome counter for each
+final one.
 
 What it deliberately does not: open connections or run transactions (`connection.py`), or
 decide any transition (each statement that changes a status lives with its operation).
@@ -26,9 +27,10 @@ _T = TypeVar("_T")
 # SQLite's default limit on host parameters was 999 before 3.32; stay under it.
 MAX_PARAMS = 900
 
-# Waiting statuses are written into the SQL text, not bound: only then can SQLite use the
+# The waiting statuses, written into the SQL text, not bound: only then can SQLite use the
 # partial index of that status (it cannot prove a bound parameter satisfies an index WHERE).
 CLAIMABLE = tuple(sorted(s.value for s in CLAIMABLE_STATUSES))
+# The statuses that hold a lease, bound as parameters (their index is on lease_expires_at).
 LEASED = tuple(sorted(s.value for s in LEASED_STATUSES))
 # Statuses each transition may start from, as SQL parameters (from status.py, the one place
 # that defines the model).
