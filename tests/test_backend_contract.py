@@ -23,9 +23,9 @@ import pytest
 
 from pynenc_lite import serializer
 from pynenc_lite.backend.base import Backend, NewInvocation, Outcome, WorkerInfo
-from pynenc_lite.backend.sqlite import SQLiteBackend
+from pynenc_lite.backend.sqlite import SQLiteBackend, statements
 from pynenc_lite.errors import BackendError, WorkerLostError
-from pynenc_lite.status import InvocationStatus
+from pynenc_lite.status import InvocationStatus, sources_of
 from tests.helpers import is_runnable
 
 S = InvocationStatus
@@ -593,3 +593,11 @@ def test_sqlite_close_is_idempotent_and_a_new_thread_gets_a_backend_error(
     thread.join(5)
     assert len(errors) == 1 and isinstance(errors[0], BackendError), errors
     assert "closed" in str(errors[0])
+
+
+def test_sqlite_claim_status_lists_are_the_sources_of_running() -> None:
+    # A claim selects rows by status values written literally into its SQL (for the partial
+    # indexes) and by the lease column, set exactly while leased; together they must be
+    # what status.py allows a claim to start from.
+    assert set(statements.CLAIMABLE) | set(statements.LEASED) == set(sources_of(S.RUNNING))
+    assert set(statements.LEASED) == set(sources_of(S.FAILED))  # a lost worker's FAILED

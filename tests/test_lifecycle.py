@@ -308,7 +308,7 @@ def test_bad_cron_strings(expression: str, message: str) -> None:
 
 
 def _cron_invocations(app: Pynenc) -> list[str]:
-    conn = app.backend._conn()  # type: ignore[attr-defined]
+    conn = app.backend._db.conn()  # type: ignore[attr-defined]
     rows = conn.execute("SELECT id FROM invocations WHERE task_name LIKE '%every_five_minutes'")
     return sorted(r[0] for r in rows)
 

@@ -277,7 +277,7 @@ def test_claim_cost_does_not_grow_with_the_finished_history_of_a_running_key(
             steps[0] += 1
             return 0
 
-        conn = backend._conn()
+        conn = backend._db.conn()
         conn.set_progress_handler(count, 100)
         try:
             assert _claim(backend, "w", T0) == [tag]

@@ -1,5 +1,6 @@
-"""Nudges between processes (backend/wakeup.py): a commit wakes a backed-off waiter at once,
-and listener names are cleaned up. Linux only (abstract Unix sockets)."""
+"""Nudges between processes (backend/sqlite/wakeup.py and feed.py): a commit wakes a
+backed-off waiter at once, and listener names are cleaned up. Linux only (abstract Unix
+sockets)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pynenc_lite.backend import wakeup
 from pynenc_lite.backend.base import NewInvocation
-from pynenc_lite.backend.sqlite import SQLiteBackend
+from pynenc_lite.backend.sqlite import SQLiteBackend, wakeup
 
 pytestmark = pytest.mark.skipif(not wakeup.AVAILABLE, reason="nudges need Linux")
 
@@ -21,7 +21,7 @@ def new(invocation_id: str) -> NewInvocation:
 
 
 def listener_names(backend: SQLiteBackend) -> list[str]:
-    return [row[0] for row in backend._read("SELECT name FROM listeners")]
+    return [row[0] for row in backend._db.query("SELECT name FROM listeners")]
 
 
 def test_a_commit_wakes_a_backed_off_waiter_at_once(tmp_path: Path) -> None:
@@ -33,7 +33,7 @@ def test_a_commit_wakes_a_backed_off_waiter_at_once(tmp_path: Path) -> None:
     def waiter() -> None:
         token = waiter_side.wait_for_change(None, 0)
         waiter_side.wait_for_change(token, 0.01)  # names its listener in the database
-        waiter_side._local.poll_interval = 1.0  # as after a long idle: the slowest polling
+        waiter_side._feed._local.poll_interval = 1.0  # as after a long idle: the slowest polling
         ready.set()
         start = time.monotonic()
         waiter_side.wait_for_change(token, 10.0)
@@ -57,7 +57,7 @@ def test_listener_names_are_removed_on_close_and_when_dead(tmp_path: Path) -> No
     first, second = SQLiteBackend(path), SQLiteBackend(path)
     token = first.wait_for_change(None, 0)
     first.wait_for_change(token, 0.01)
-    name = first._listener.name if first._listener is not None else ""
+    name = first._feed._listener.name if first._feed._listener is not None else ""
     assert listener_names(second) == [name]
     first.close()
     assert listener_names(second) == []
@@ -67,7 +67,7 @@ def test_listener_names_are_removed_on_close_and_when_dead(tmp_path: Path) -> No
             "INSERT INTO listeners (name, pid, created_at) VALUES ('pynenc-lite.gone', 1, 0)"
         )
     )
-    second._peers_read_at = second._nudged_at = -1e9
+    second._feed._peers_read_at = second._feed._nudged_at = -1e9
     second.submit([new("b")])
     assert listener_names(second) == []
     second.close()

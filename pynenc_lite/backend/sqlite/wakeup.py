@@ -14,7 +14,7 @@ rarely (so an idle worker costs almost nothing) and still wakes within microseco
 commit by another process.
 
 Abstract Unix sockets exist only on Linux; elsewhere `AVAILABLE` is False and waiting polls
-as before. This module does no SQL: the backend stores and reads the names.
+as before. This module does no SQL: `feed.py` stores and reads the names.
 """
 
 from __future__ import annotations

@@ -1,0 +1,120 @@
+"""The tables of the SQLite file, and the check that a file has the layout this code reads.
+
+What it holds: the schema text (tables and the indexes the hot queries need), its version,
+and `create`, which checks that version before anything touches the schema and then creates
+what is missing.
+
+What it deliberately does not: open files, set pragmas or run transactions (`connection.py`
+runs `create` once per process, inside a write transaction), or read and write rows (the
+other modules of this package). It migrates nothing: a file of another version is refused.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from pynenc_lite.errors import BackendError
+
+SCHEMA_VERSION = "2"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO counters (name, value) VALUES ('outcome', 0);
+CREATE TABLE IF NOT EXISTS invocations (
+    seq INTEGER PRIMARY KEY,            -- insertion order: claims are first in, first out
+    id TEXT NOT NULL UNIQUE,
+    app_id TEXT NOT NULL,
+    task_name TEXT NOT NULL,
+    args BLOB NOT NULL,
+    status TEXT NOT NULL,
+    owner TEXT,                         -- worker holding the claim
+    lease_expires_at REAL,              -- set exactly while RUNNING
+    run_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    lost_attempts INTEGER NOT NULL DEFAULT 0,
+    retries INTEGER NOT NULL DEFAULT 0,
+    registration_key TEXT,              -- concurrency control, see options.py
+    running_key TEXT,
+    running_limit INTEGER NOT NULL DEFAULT 1,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    result BLOB,
+    error TEXT,
+    traceback TEXT,
+    outcome_seq INTEGER                 -- set when final (see get_finished_since)
+);
+-- Only waiting rows, one index per waiting status (queries name the status literally, so
+-- SQLite can match them): a claim removes a row; finishing never touches these indexes.
+CREATE INDEX IF NOT EXISTS ix_invocations_registered ON invocations (app_id, run_at)
+    WHERE status = 'REGISTERED';
+CREATE INDEX IF NOT EXISTS ix_invocations_retry ON invocations (app_id, run_at)
+    WHERE status = 'RETRY';
+CREATE INDEX IF NOT EXISTS ix_invocations_lease
+    ON invocations (app_id, lease_expires_at) WHERE lease_expires_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS ix_invocations_outcome
+    ON invocations (outcome_seq) WHERE outcome_seq IS NOT NULL;
+CREATE INDEX IF NOT EXISTS ix_invocations_finished
+    ON invocations (app_id, finished_at) WHERE finished_at IS NOT NULL;
+-- Concurrency keys, only while they matter (waiting, running): a key's finished history
+-- must not make each submit or claim slower.
+CREATE INDEX IF NOT EXISTS ix_invocations_waiting_key ON invocations (app_id, registration_key)
+    WHERE registration_key IS NOT NULL AND status = 'REGISTERED';
+CREATE INDEX IF NOT EXISTS ix_invocations_running_key ON invocations (app_id, running_key)
+    WHERE running_key IS NOT NULL AND status = 'RUNNING';
+CREATE TABLE IF NOT EXISTS history (
+    seq INTEGER PRIMARY KEY,
+    invocation_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    at REAL NOT NULL,
+    worker_id TEXT
+);
+CREATE INDEX IF NOT EXISTS ix_history_invocation ON history (invocation_id);
+CREATE TABLE IF NOT EXISTS cron_state (
+    app_id TEXT NOT NULL,
+    task_name TEXT NOT NULL,
+    moment REAL NOT NULL,               -- the latest scheduled moment already handled
+    PRIMARY KEY (app_id, task_name)
+);
+CREATE TABLE IF NOT EXISTS listeners (
+    name TEXT PRIMARY KEY,              -- a waiting process's nudge socket (see wakeup.py)
+    pid INTEGER NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS workers (
+    worker_id TEXT PRIMARY KEY,
+    app_id TEXT NOT NULL,
+    hostname TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    threads INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    last_heartbeat_at REAL NOT NULL
+);
+"""
+
+
+def create(c: sqlite3.Connection, path: str) -> None:
+    """Check the file's schema version, then create the tables and indexes it lacks.
+
+    Runs inside the caller's write transaction, so two processes opening a new file at once
+    do not both create it.
+
+    Raises:
+        BackendError: the file was written with another schema version.
+    """
+    # The version first: an older layout must get this message, not a failure of one of
+    # the statements below.
+    c.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    row = c.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+    if row is None:
+        c.execute("INSERT INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+    elif row[0] != SCHEMA_VERSION:
+        raise BackendError(
+            f"{path} was written with schema version {row[0]}, this pynenc_lite uses "
+            f"{SCHEMA_VERSION}; use a new sqlite_db_path or the matching pynenc_lite version."
+        )
+    # Statement by statement: executescript() would commit the caller's transaction first.
+    for statement in _SCHEMA.split(";\n"):
+        if statement.strip():
+            c.execute(statement)
