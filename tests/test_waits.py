@@ -32,7 +32,7 @@ def test_async_result_reads_the_stored_outcome_after_the_hub_closed(
 ) -> None:
     app = configure_core_app(no_worker_warning_seconds=0.05)
     invocation = tasks_core.multiply(6, 7)
-    invocation.future  # registered with the hub that is about to close
+    assert not invocation.future.done()  # registered with the hub that is about to close
     _run_after_closing(app)
     assert asyncio.run(invocation.async_result(timeout=WAIT_SECONDS)) == 42
 
@@ -43,7 +43,7 @@ def test_as_completed_reads_stored_outcomes_after_the_hub_closed(
     app = configure_core_app(no_worker_warning_seconds=0.05)
     group = tasks_core.multiply.parallelize([(i, 2) for i in range(5)])
     for invocation in group:
-        invocation.future
+        assert not invocation.future.done()
     _run_after_closing(app)
     finished = list(group.as_completed(timeout=WAIT_SECONDS))
     assert sorted(i.result for i in finished) == [0, 2, 4, 6, 8]
