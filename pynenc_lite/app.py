@@ -163,7 +163,7 @@ class Pynenc:
 
         c = self.conf
         if c.broker_url:
-            from pynenc_lite.backend import remote
+            from pynenc_lite.backend.tcp import client as remote
 
             return remote.backend_from_config(c)
         return SQLiteBackend(

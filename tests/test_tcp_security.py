@@ -14,17 +14,20 @@ import ssl
 import struct
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
-from pynenc_lite import Pynenc, protocol
+from pynenc_lite import Pynenc
 from pynenc_lite.backend.base import NewInvocation, Outcome
-from pynenc_lite.backend.remote import AuthenticationError, RemoteBackend
+from pynenc_lite.backend.tcp import ops, wire
+from pynenc_lite.backend.tcp.client import AuthenticationError, RemoteBackend
 from pynenc_lite.errors import BackendError
 from pynenc_lite.status import InvocationStatus
+from tests.helpers import WAIT_SECONDS, wait_until
 from tests.test_tcp_helpers import (
     RawClient,
     ServerProcess,
@@ -69,7 +72,7 @@ def test_no_secret_no_service(tcp_server: ServerProcess) -> None:
     with RawClient(tcp_server.port) as raw:
         raw.hello()
         raw.sock.sendall(
-            protocol.encode_frame(
+            wire.encode_frame(
                 {"op": "get_invocation", "args": {"invocation_id": "x"}}, [], None
             )
         )
@@ -77,9 +80,57 @@ def test_no_secret_no_service(tcp_server: ServerProcess) -> None:
     # An empty proof is a wrong proof.
     with RawClient(tcp_server.port) as raw:
         raw.hello()
-        raw.sock.sendall(protocol.encode_frame({"nonce": "00" * 32, "proof": ""}, [], None))
-        assert raw.recv(protocol.HANDSHAKE_LIMITS)["error"] == "AuthenticationError"
+        raw.sock.sendall(wire.encode_frame({"nonce": "00" * 32, "proof": ""}, [], None))
+        assert raw.recv(wire.HANDSHAKE_LIMITS)["error"] == "AuthenticationError"
         assert raw.is_closed_by_server()
+    assert_serving(tcp_server)
+
+
+# -- protocol versions ----------------------------------------------------------------------
+
+
+def test_a_server_of_another_version_is_named_in_one_line() -> None:
+    # A pynenc_lite/1 server greets with its version; this client hangs up at once (no retry,
+    # no traceback from deeper down) with both versions and what to do.
+    listener = socket.create_server(("127.0.0.1", 0))
+    old_hello = {"hello": "pynenc_lite/1", "schema": "0" * 16, "nonce": "00" * 32}
+
+    def old_server() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.sendall(wire.encode_frame(old_hello, [], None))
+            conn.recv(1)  # until the client hangs up
+
+    thread = threading.Thread(target=old_server, daemon=True)
+    thread.start()
+    client = RemoteBackend("127.0.0.1", listener.getsockname()[1], secret=b"s" * 32)
+    try:
+        start = time.monotonic()
+        with pytest.raises(AuthenticationError) as caught:
+            client.get_invocation("x")
+        assert time.monotonic() - start < 2.0
+    finally:
+        client.close()
+        thread.join(WAIT_SECONDS)
+        listener.close()
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "pynenc_lite/1" in message and wire.PROTOCOL_NAME in message
+    assert "upgrade" in message and "same pynenc_lite version" in message
+
+
+def test_an_older_client_is_told_what_to_do(tcp_server: ServerProcess) -> None:
+    # A pynenc_lite/1 client refuses a hello it does not know with this error line, built
+    # from the hello's first 100 characters; the server logs why the client left.
+    with RawClient(tcp_server.port) as old_client:
+        hello = old_client.recv(wire.HANDSHAKE_LIMITS)
+    old_error = (
+        f"tcp://127.0.0.1:{tcp_server.port} is not a pynenc_lite server speaking "
+        f"pynenc_lite/1 (it said {str(hello)[:100]})"
+    )
+    assert wire.PROTOCOL_NAME in old_error and wire.HELLO_HINT in old_error
+    wait_until(lambda: "left before authenticating" in tcp_server.log_text())
+    assert wire.PROTOCOL_NAME in tcp_server.log_text()
     assert_serving(tcp_server)
 
 
@@ -102,9 +153,9 @@ def test_replayed_handshake_and_frames_are_refused(tcp_server: ServerProcess) ->
     with RawClient(tcp_server.port) as first:
         recorded_auth = first.auth_frame(secret, first.hello())
         first.sock.sendall(recorded_auth)
-        first.recv(protocol.HANDSHAKE_LIMITS)
-        first.mac = protocol.SessionMac(
-            protocol.proof(secret, "session", *first._nonces), is_server=False
+        first.recv(wire.HANDSHAKE_LIMITS)
+        first.mac = wire.SessionMac(
+            wire.proof(secret, "session", *first._nonces), is_server=False
         )
         request = first.request_frame({"op": "next_run_at", "args": {"app_id": "a"}})
         first.sock.sendall(request)
@@ -116,7 +167,7 @@ def test_replayed_handshake_and_frames_are_refused(tcp_server: ServerProcess) ->
     with RawClient(tcp_server.port) as second:
         second.hello()
         second.sock.sendall(recorded_auth)
-        assert second.recv(protocol.HANDSHAKE_LIMITS)["error"] == "AuthenticationError"
+        assert second.recv(wire.HANDSHAKE_LIMITS)["error"] == "AuthenticationError"
     # A recorded request frame inside another, properly authenticated session.
     with RawClient(tcp_server.port) as third:
         third.authenticate(secret)
@@ -154,7 +205,7 @@ def _valid_request(rng: random.Random) -> tuple[dict[str, Any], list[bytes]]:
         {"op": "get_finished_since", "args": {"seq": 0}},
         {
             "op": "submit",
-            "args": protocol.to_plain(
+            "args": ops.to_plain(
                 {
                     "invocations": [
                         NewInvocation(f"fz-{rng.random()}", "fuzz", "t", b"\x80\x04N.", now, now)
@@ -232,7 +283,7 @@ def test_fuzzed_frames_are_refused_and_the_server_serves_on(tcp_server: ServerPr
                     if kind == 0:
                         payload = rng.randbytes(rng.randint(1, 300))
                     else:
-                        frame = bytearray(raw.auth_frame(secret, protocol.new_nonce()))
+                        frame = bytearray(raw.auth_frame(secret, wire.new_nonce()))
                         for _ in range(rng.randint(1, 4)):
                             frame[rng.randrange(len(frame))] = rng.randrange(256)
                         payload = bytes(frame)
@@ -260,7 +311,7 @@ def test_fuzzed_frames_are_refused_and_the_server_serves_on(tcp_server: ServerPr
                 client.sock.sendall(frame)
                 try:
                     reply = client.recv()
-                except (OSError, protocol.ProtocolError):
+                except (OSError, wire.ProtocolError):
                     reply = {}
                 if "error" in reply or "ok" in reply:
                     answered += 1
@@ -622,5 +673,5 @@ def test_secret_file_permissions_are_checked(
     path = tmp_path / "s"
     path.write_text("x" * 20)
     os.chmod(path, 0o644)
-    assert protocol.read_secret_file(str(path)) == b"x" * 20
+    assert wire.read_secret_file(str(path)) == b"x" * 20
     assert "can be read by other users" in caplog.text
