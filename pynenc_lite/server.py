@@ -15,6 +15,7 @@ import ipaddress
 import logging
 import os
 import secrets
+import shlex
 import signal
 import socket
 import ssl
@@ -79,15 +80,19 @@ def is_loopback(host: str) -> bool:
     return bool(infos) and all(ipaddress.ip_address(i[4][0]).is_loopback for i in infos)
 
 
-def _load_secret(args: argparse.Namespace, environ: dict[str, str]) -> tuple[bytes, str]:
-    """The secret and a description of where it came from (see --help for the order)."""
+def _load_secret(
+    args: argparse.Namespace, environ: dict[str, str]
+) -> tuple[bytes, str, Optional[str]]:
+    """The secret, a description of where it came from (see --help for the order), and the
+    absolute path of its file (None when it came from the environment)."""
     if args.secret_file:
-        return wire.read_secret_file(args.secret_file), f"file {os.path.abspath(args.secret_file)}"
+        path = os.path.abspath(args.secret_file)
+        return wire.read_secret_file(path), f"file {path}", path
     if environ.get(ENV_SECRET):
-        return environ[ENV_SECRET].strip().encode(), f"env {ENV_SECRET}"
+        return environ[ENV_SECRET].strip().encode(), f"env {ENV_SECRET}", None
     if environ.get(ENV_SECRET_FILE):
-        path = environ[ENV_SECRET_FILE]
-        return wire.read_secret_file(path), f"file {os.path.abspath(path)}"
+        path = os.path.abspath(environ[ENV_SECRET_FILE])
+        return wire.read_secret_file(path), f"file {path}", path
     if not is_loopback(args.host):
         raise ConfigError(
             f"refusing to listen on {args.host}, which is not a loopback address, without a "
@@ -100,7 +105,7 @@ def _load_secret(args: argparse.Namespace, environ: dict[str, str]) -> tuple[byt
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as file:
             file.write(secrets.token_urlsafe(32) + "\n")
-    return wire.read_secret_file(path), f"file {path} (generated)"
+    return wire.read_secret_file(path), f"file {path} (generated)", path
 
 
 def _tls_context(cert: str, key: Optional[str]) -> ssl.SSLContext:
@@ -249,7 +254,7 @@ def main(argv: Optional[Sequence[str]] = None, environ: Optional[dict[str, str]]
     if args.tls_key and not args.tls_cert:
         parser.error("--tls-key needs --tls-cert")
     try:
-        secret, secret_origin = _load_secret(args, environ)
+        secret, secret_origin, secret_path = _load_secret(args, environ)
         if len(secret) < MIN_SECRET_BYTES:
             raise ConfigError(
                 f"the secret from {secret_origin} has {len(secret)} characters; use at least "
@@ -298,8 +303,8 @@ def main(argv: Optional[Sequence[str]] = None, environ: Optional[dict[str, str]]
     host = str(server.server_address[0])
     url = _client_url(host, server.port, context is not None)
     secret_line = (
-        f"PYNENC__BROKER_SECRET_FILE={secret_origin.split(' ')[1]}"
-        if secret_origin.startswith("file")
+        f"PYNENC__BROKER_SECRET_FILE={shlex.quote(secret_path)}"  # pasted into a shell
+        if secret_path is not None
         else "PYNENC__BROKER_SECRET=<the same secret as this server's>"
     )
     tls_line = (

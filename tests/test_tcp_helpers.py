@@ -76,6 +76,7 @@ class ServerProcess:
         self.log = tmp_path / "server.log"
         self.proc: Optional[subprocess.Popen[bytes]] = None
         self.starts = 0
+        self.output = ""  # what the last start printed, up to its address line
 
     @property
     def command(self) -> list[str]:
@@ -102,7 +103,7 @@ class ServerProcess:
                 self.command, stdout=subprocess.PIPE, stderr=log, cwd=self.tmp_path, env=self.env
             )
         assert self.proc.stdout is not None
-        text = read_until(self.proc, _URL_LINE, START_SECONDS)
+        text = self.output = read_until(self.proc, _URL_LINE, START_SECONDS)
         match = _URL_LINE.search(text)
         assert match, f"the server printed no address:\n{text}\n{self.log_text()}"
         self.url = match.group(0).split("=", 1)[1]

@@ -8,6 +8,8 @@ import json
 import os
 import pickle
 import random
+import re
+import shlex
 import shutil
 import socket
 import ssl
@@ -31,8 +33,10 @@ from tests.helpers import WAIT_SECONDS, wait_until
 from tests.test_tcp_helpers import (
     RawClient,
     ServerProcess,
+    read_until,
     running_server,
     subprocess_env,
+    write_secret,
 )
 
 
@@ -527,6 +531,25 @@ def test_loopback_without_a_secret_generates_a_private_one(tmp_path: Path) -> No
         client = RemoteBackend("127.0.0.1", port, secret=secret)
         assert client.get_invocation("x") is None
         client.close()
+    finally:
+        server.kill()
+
+
+def test_the_connect_line_quotes_a_secret_path_for_the_shell(tmp_path: Path) -> None:
+    folder = tmp_path / "my secrets"
+    folder.mkdir()
+    server = ServerProcess(tmp_path)
+    server.secret_file = folder / "the secret"
+    write_secret(server.secret_file, server.secret)
+    try:
+        server.start()
+        assert server.proc is not None
+        secret_line = re.compile(r"SECRET_FILE=.*\n")
+        text = server.output
+        if not secret_line.search(text):  # printed in one write, but read maybe in two
+            text += read_until(server.proc, secret_line, 10)
+        (line,) = [line for line in text.splitlines() if "PYNENC__BROKER_SECRET_FILE=" in line]
+        assert shlex.split(line) == [f"PYNENC__BROKER_SECRET_FILE={server.secret_file}"]
     finally:
         server.kill()
 
