@@ -101,10 +101,17 @@ def _load_secret(
         )
     path = os.path.abspath(args.db) + ".secret"
     if not os.path.exists(path):
-        # O_EXCL + 0600: never reuse a file somebody else planted, never readable by others.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as file:
-            file.write(secrets.token_urlsafe(32) + "\n")
+        try:
+            # O_EXCL + 0600: never reuse a file somebody else planted, never readable by others.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as file:
+                file.write(secrets.token_urlsafe(32) + "\n")
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot write the generated secret file {path}: {exc.strerror or exc}. Make "
+                f"the folder {os.path.dirname(path)} exist and be writable, or give "
+                "--secret-file PATH"
+            ) from exc
     return wire.read_secret_file(path), f"file {path} (generated)", path
 
 

@@ -510,6 +510,27 @@ def test_refuses_a_public_address_without_a_secret(tmp_path: Path) -> None:
     assert result.returncode == 2 and "at least 16" in result.stderr
 
 
+def test_a_secret_that_cannot_be_generated_is_one_clear_line(tmp_path: Path) -> None:
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    read_only.chmod(0o500)
+    not_a_folder = tmp_path / "a-file"
+    not_a_folder.write_text("")
+    folders = [tmp_path / "missing", not_a_folder]
+    if os.geteuid() != 0:  # root writes anywhere
+        folders.append(read_only)
+    try:
+        for folder in folders:
+            result = _run_cli(["--db", str(folder / "x.db"), "--bind", "127.0.0.1:0"], tmp_path)
+            assert result.returncode == 2, result.stderr
+            assert "Traceback" not in result.stderr
+            (line,) = result.stderr.strip().splitlines()
+            assert line.startswith("error: cannot write the generated secret file")
+            assert str(folder) in line and "--secret-file" in line
+    finally:
+        read_only.chmod(0o700)
+
+
 def test_loopback_without_a_secret_generates_a_private_one(tmp_path: Path) -> None:
     server = ServerProcess(tmp_path)
     server.secret_file.unlink()
