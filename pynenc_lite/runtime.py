@@ -157,9 +157,9 @@ class Runtime:
     def _make_backend(self) -> Backend:
         c = self.conf
         if c.broker_url:
-            from pynenc_lite.backend import remote
+            from pynenc_lite.backend.tcp.client import backend_from_config
 
-            return remote.backend_from_config(c)
+            return backend_from_config(c)
         from pynenc_lite.backend.sqlite import SQLiteBackend
 
         return SQLiteBackend(

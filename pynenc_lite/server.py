@@ -1,550 +1,39 @@
-"""The TCP server: a network front for one SQLite backend, for callers and workers on other
-hosts. Run it with `python -m pynenc_lite.server --db PATH` (`--help` lists every option).
+"""The TCP server's command line: `python -m pynenc_lite.server --db PATH` serves one SQLite
+file to callers and workers on other hosts (`--help` lists every option).
 
-    accept thread                     connection threads (one per connection, pooled)
-    ─────────────                     ──────────────────────────────────────────────
-    accept ── over max_connections? ─► close at once (logged)
-       │                              TLS handshake (optional), then hmac challenge-response
-       └── hand the socket ─────────► loop: read one frame (bounded size, idle deadline)
-                                            check the tag, the operation, every argument
-                                            call the backend ─► SQLiteBackend (one transaction)
-                                            reply; after a write, wake the change feed
-    change feed: the server-wide token of wait_for_change. Writes through this server that
-    can make work or outcomes appear bump it at once; a monitor thread (running only while
-    somebody waits) bumps it when the SQLite file changed otherwise (other processes on this
-    host, quiet writes), looking every 20-50 ms.
-
-What it refuses to do: unpickle anything (payloads are opaque bytes: nothing here or in
-`protocol` calls pickle, and no field of the protocol is a pickle; a test checks with an
-audit hook), answer anybody who has not proven knowledge of the shared secret, or run an
-operation that is not in `protocol.OPS`. A frame that breaks the
-format closes only its own connection, with a log line; everybody else is served on.
-
-It does not decide how clients retry (see `backend.remote`) or what an operation means (the
-backend does).
+Holds the options, where the secret comes from (and generating one on loopback), TLS
+loading, the printed connect line, signals and exit codes: 0 after SIGINT/SIGTERM, 1 when the
+database or the address cannot be served, 2 for a bad option or secret. The engine that
+serves connections is `pynenc_lite.backend.tcp.engine`; the wire format is
+`pynenc_lite.backend.tcp.wire`.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import hmac
 import ipaddress
 import logging
 import os
-import queue
 import secrets
+import shlex
 import signal
 import socket
-import socketserver
 import ssl
 import sys
 import threading
-import time
 import types
 from typing import Any, Callable, Optional, Sequence
 
-from pynenc_lite import protocol
-from pynenc_lite.backend.base import Backend
+from pynenc_lite.backend.tcp import wire
+from pynenc_lite.backend.tcp.engine import BrokerServer, ServerSettings, peer_name
+from pynenc_lite.backend.tcp.wire import FrameLimits
 from pynenc_lite.errors import BackendError, ConfigError
-from pynenc_lite.protocol import OPS, FrameLimits, ProtocolError, SessionMac
 
 logger = logging.getLogger(__name__)
 
 ENV_SECRET = "PYNENC__BROKER_SECRET"
 ENV_SECRET_FILE = "PYNENC__BROKER_SECRET_FILE"
 MIN_SECRET_BYTES = 16
-# How long a monitor's single look at the database may block before it rechecks whether
-# anybody still waits.
-_MONITOR_SLICE_SECONDS = 0.5
-# After writes, the backend's housekeeping (`Backend.maintain`: SQLite checkpoints its WAL)
-# runs at most this often, in a thread of its own, off every request's path. In a client
-# process the hub's watcher does this; in the server nobody else would.
-_MAINTENANCE_SECONDS = 0.5
-
-
-@dataclasses.dataclass(frozen=True)
-class ServerSettings:
-    """Bounds on what one client can hold or make the server hold."""
-
-    max_connections: int = 128  # each is a thread; long-polls hold theirs while they wait
-    idle_timeout_seconds: float = 300.0  # no frame for this long: the connection is closed
-    handshake_timeout_seconds: float = 10.0  # TLS + authentication must be done by then
-    frame_timeout_seconds: float = 60.0  # once a frame starts, all of it within this time
-    max_wait_seconds: float = 30.0  # longest single wait_for_change; clients ask again
-    limits: FrameLimits = FrameLimits()
-
-
-# -- the change feed -----------------------------------------------------------------------
-
-
-class ChangeFeed:
-    """The token `wait_for_change` hands out: a server-wide counter of possible changes.
-
-    A SQLite `data_version` belongs to one database connection and each server thread has
-    its own, so it cannot be the token clients carry from one connection to another. This
-    counter can. It starts at a random value, so a token from before a server restart never
-    equals a new one: a client waiting across a restart sees a change (possibly spurious,
-    which the protocol allows) instead of missing one.
-    """
-
-    def __init__(self, backend: Backend) -> None:
-        self._backend = backend
-        # Guards _epoch, _waiters and _closed; notified on every bump, when the first waiter
-        # arrives (the monitor wakes up) and on close.
-        self._cond = threading.Condition()
-        self._epoch = secrets.randbits(62)
-        self._waiters = 0
-        self._closed = False
-        self._monitor: Optional[threading.Thread] = None
-
-    def bump(self) -> None:
-        """Say that stored data may have changed: every waiter returns."""
-        with self._cond:
-            self._epoch += 1
-            self._cond.notify_all()
-
-    def wait(self, token: Optional[int], timeout: float) -> int:
-        """The backend's `wait_for_change`, answered from the counter."""
-        with self._cond:
-            if token is None or token != self._epoch or self._closed:
-                return self._epoch
-            self._waiters += 1
-            if self._monitor is None:
-                self._monitor = threading.Thread(
-                    target=self._watch_database, name="pynenc-lite-feed-monitor", daemon=True
-                )
-                self._monitor.start()
-            self._cond.notify_all()
-            try:
-                self._cond.wait_for(lambda: self._epoch != token or self._closed, timeout)
-            finally:
-                self._waiters -= 1
-            return self._epoch
-
-    def close(self) -> None:
-        """Release every waiter now and stop the monitor."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-
-    def _watch_database(self) -> None:
-        # Other processes on this host may share the SQLite file (local workers): their
-        # commits are seen only through the database itself.
-        token: Optional[int] = None
-        while True:
-            with self._cond:
-                self._cond.wait_for(lambda: self._waiters > 0 or self._closed)
-                if self._closed:
-                    return
-            try:
-                if token is None:
-                    token = self._backend.wait_for_change(None, 0)
-                new_token = self._backend.wait_for_change(token, _MONITOR_SLICE_SECONDS)
-            except Exception:
-                logger.exception("watching the database for changes failed; retrying in 1s")
-                with self._cond:
-                    self._cond.wait(1.0)
-                continue
-            if new_token != token:
-                token = new_token
-                self.bump()
-
-
-# -- the server ----------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class _Connection:
-    sock: socket.socket
-    peer: str
-    busy: bool = False  # a request is being answered: let it finish before closing
-
-
-class _Handler(socketserver.BaseRequestHandler):
-    server: BrokerServer
-
-    def handle(self) -> None:
-        self.server.serve_connection(self.request, self.client_address)
-
-
-class BrokerServer(socketserver.TCPServer):
-    """Serves `backend` over TCP to clients that know `secret`.
-
-    Args:
-        address: (host, port) to listen on; port 0 picks a free one (see `server_address`).
-        backend: what the operations run on (a `SQLiteBackend` in the CLI).
-        secret: the shared secret clients must prove they know.
-        ssl_context: a server-side TLS context, or None for plain TCP.
-        settings: limits and timeouts.
-    """
-
-    allow_reuse_address = True  # a restart can bind the port while old sockets linger
-    # socketserver's default backlog of 5 drops SYNs when clients reconnect together (after a
-    # restart), and a dropped SYN costs the client a whole second before it is resent.
-    request_queue_size = 128
-
-    def __init__(
-        self,
-        address: tuple[str, int],
-        backend: Backend,
-        *,
-        secret: bytes,
-        ssl_context: Optional[ssl.SSLContext] = None,
-        settings: ServerSettings = ServerSettings(),
-    ) -> None:
-        if not secret:
-            raise ValueError("secret must not be empty")
-        self.address_family = _family_of(address[0])
-        super().__init__(address, _Handler)
-        self.backend = backend
-        self.settings = settings
-        self.feed = ChangeFeed(backend)
-        self._secret = secret
-        self._ssl_context = ssl_context
-        # The dispatch table: protocol name -> callable taking the checked keyword arguments.
-        # Every allowed operation is a backend method of the same name except the wait,
-        # which the change feed answers.
-        self._handlers: dict[str, Callable[..., Any]] = {
-            name: getattr(backend, name) for name in OPS if name != "wait_for_change"
-        }
-        self._handlers["wait_for_change"] = self._wait_for_change
-        # Guards _connections, _closing, _wrote and the thread pool counters below; notified
-        # after writes (for the maintenance thread) and on stop.
-        self._lock = threading.Lock()
-        self._wake_maintenance = threading.Condition(self._lock)
-        self._wrote = False
-        self._maintenance: Optional[threading.Thread] = None
-        self._connections: dict[int, _Connection] = {}
-        self._closing = False
-        # Connection threads are pooled so their number, and the SQLite connections they
-        # open (one per thread), stay bounded by the peak number of clients.
-        self._jobs: queue.SimpleQueue[Optional[tuple[socket.socket, Any]]] = queue.SimpleQueue()
-        self._idle_threads = 0
-        self._threads = 0
-        self._serving: Optional[threading.Thread] = None
-
-    def _wait_for_change(self, token: Optional[int], timeout: float) -> int:
-        # Bounded: a long-poll holds a connection thread while it waits.
-        return self.feed.wait(token, min(max(timeout, 0.0), self.settings.max_wait_seconds))
-
-    @property
-    def port(self) -> int:
-        """The port it listens on (useful after binding port 0)."""
-        return int(self.server_address[1])
-
-    # -- accepting ------------------------------------------------------------------------
-
-    def verify_request(self, request: Any, client_address: Any) -> bool:
-        with self._lock:
-            if self._closing:
-                return False
-            if len(self._connections) >= self.settings.max_connections:
-                logger.warning(
-                    "refused a connection from %s: already %d connections (--max-connections)",
-                    _peer(client_address),
-                    len(self._connections),
-                )
-                return False
-            self._connections[id(request)] = _Connection(request, _peer(client_address))
-        return True
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self._lock:
-            if self._idle_threads > 0:
-                self._idle_threads -= 1  # reserve an idle thread for this job
-            else:
-                self._threads += 1
-                threading.Thread(
-                    target=self._pool_thread, name=f"pynenc-lite-conn-{self._threads}", daemon=True
-                ).start()
-        self._jobs.put((request, client_address))
-
-    def _pool_thread(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            request, client_address = job
-            try:
-                self.finish_request(request, client_address)
-            except Exception:
-                logger.exception("connection from %s failed", _peer(client_address))
-            finally:
-                self.shutdown_request(request)
-                with self._lock:
-                    self._connections.pop(id(request), None)
-                    self._idle_threads += 1
-
-    def shutdown_request(self, request: Any) -> None:
-        with self._lock:
-            self._connections.pop(id(request), None)
-        super().shutdown_request(request)
-
-    # -- one connection -------------------------------------------------------------------
-
-    def serve_connection(self, raw: socket.socket, client_address: Any) -> None:
-        """Authenticate one client, then answer its requests until it leaves or misbehaves."""
-        peer = _peer(client_address)
-        sock = raw
-        try:
-            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            deadline = time.monotonic() + self.settings.handshake_timeout_seconds
-            if self._ssl_context is not None:
-                raw.settimeout(self.settings.handshake_timeout_seconds)
-                sock = self._ssl_context.wrap_socket(raw, server_side=True)
-                with self._lock:  # shutdown must reach the TLS socket from now on
-                    if id(raw) in self._connections:
-                        self._connections[id(raw)].sock = sock
-            reader = protocol.FrameReader(sock)
-            mac = self._authenticate(sock, reader, peer, deadline)
-            if mac is not None:
-                self._serve_requests(sock, reader, raw, peer, mac)
-        except ProtocolError as exc:
-            logger.warning("closed the connection from %s: %s", peer, exc)
-        except (OSError, ssl.SSLError) as exc:
-            logger.info("connection from %s ended: %s", peer, exc)
-        finally:
-            if sock is not raw:
-                sock.close()
-
-    def _authenticate(
-        self, sock: socket.socket, reader: protocol.FrameReader, peer: str, deadline: float
-    ) -> Optional[SessionMac]:
-        server_nonce = protocol.new_nonce()
-        s = self.settings
-        hello = {
-            "hello": protocol.PROTOCOL_NAME,
-            "schema": protocol.SCHEMA,
-            "nonce": server_nonce.hex(),
-            "idle_timeout": s.idle_timeout_seconds,
-            "max_wait": s.max_wait_seconds,
-            "max_header_bytes": s.limits.max_header_bytes,
-            "max_body_bytes": s.limits.max_body_bytes,
-        }
-        sock.sendall(protocol.encode_frame(hello, [], None))
-        try:
-            header, _ = reader.read(
-                limits=protocol.HANDSHAKE_LIMITS,
-                mac=None,
-                idle_deadline=deadline,
-                frame_seconds=max(deadline - time.monotonic(), 0.0),
-            )
-        except protocol.IdleTimeoutError:
-            raise ProtocolError("no authentication before the handshake timeout") from None
-        try:
-            client_nonce = bytes.fromhex(header["nonce"])
-            claimed = bytes.fromhex(header["proof"])
-        except (KeyError, TypeError, ValueError):
-            raise ProtocolError("malformed authentication frame") from None
-        if len(client_nonce) != protocol.NONCE_BYTES or set(header) != {"nonce", "proof"}:
-            raise ProtocolError("malformed authentication frame")
-        expected = protocol.proof(self._secret, "client", server_nonce, client_nonce)
-        if not hmac.compare_digest(expected, claimed):
-            logger.warning("refused %s: authentication failed (wrong secret?)", peer)
-            refusal = {"error": "AuthenticationError", "message": "authentication failed"}
-            sock.sendall(protocol.encode_frame(refusal, [], None))
-            return None
-        welcome = {
-            "proof": protocol.proof(self._secret, "server", server_nonce, client_nonce).hex()
-        }
-        sock.sendall(protocol.encode_frame(welcome, [], None))
-        key = protocol.proof(self._secret, "session", server_nonce, client_nonce)
-        logger.debug("authenticated %s", peer)
-        return SessionMac(key, is_server=True)
-
-    def _serve_requests(
-        self,
-        sock: socket.socket,
-        reader: protocol.FrameReader,
-        raw: socket.socket,
-        peer: str,
-        mac: SessionMac,
-    ) -> None:
-        s = self.settings
-        while True:
-            try:
-                header, blobs = reader.read(
-                    limits=s.limits,
-                    mac=mac,
-                    idle_deadline=time.monotonic() + s.idle_timeout_seconds,
-                    frame_seconds=s.frame_timeout_seconds,
-                )
-            except protocol.IdleTimeoutError:
-                logger.info(
-                    "closing the connection from %s: idle for %ss", peer, s.idle_timeout_seconds
-                )
-                self._say_bye(sock, mac, "idle")
-                return
-            with self._lock:
-                state = self._connections.get(id(raw))
-                if self._closing or state is None:
-                    closing = True
-                else:
-                    closing, state.busy = False, True
-            if closing:
-                self._say_bye(sock, mac, "shutdown")  # not processed: safe for the client to resend
-                return
-            reply, reply_blobs = self._dispatch(header, blobs, peer)
-            sock.sendall(protocol.encode_frame(reply, reply_blobs, mac))
-            with self._lock:
-                if state is not None:
-                    state.busy = False
-                if self._closing:
-                    return
-
-    @staticmethod
-    def _say_bye(sock: socket.socket, mac: SessionMac, reason: str) -> None:
-        # "bye" tells the client that its next request, if already sent, was not processed.
-        try:
-            sock.sendall(protocol.encode_frame({"bye": reason}, [], mac))
-        except OSError:
-            pass
-
-    def _dispatch(
-        self, header: dict[str, Any], blobs: list[bytes], peer: str
-    ) -> tuple[dict[str, Any], list[bytes]]:
-        """Run one request; every failure becomes an error reply (the connection stays)."""
-        name = header.get("op")
-        op = OPS.get(name) if isinstance(name, str) else None
-        if op is None or not isinstance(name, str):
-            return _error(
-                "UnknownOperation",
-                f"unknown operation {name!r}; this server allows {', '.join(sorted(OPS))}",
-            ), []
-        try:
-            if set(header) != {"op", "args"}:
-                raise ProtocolError("a request has exactly the fields op, args and blobs")
-            args = protocol.check_args(op, protocol.attach_blobs(header["args"], blobs))
-        except ProtocolError as exc:
-            logger.warning("bad %s request from %s: %s", name, peer, exc)
-            return _error("BadRequest", f"{name}: {exc}"), []
-        try:
-            result = self._handlers[name](**args)
-        except (ValueError, BackendError) as exc:
-            return _error(type(exc).__name__, str(exc)), []
-        except Exception as exc:
-            # sqlite3.IntegrityError lands here (a submit of an id that exists): the client
-            # reads the kind to tell a resent submit from a conflicting one.
-            logger.warning("%s from %s failed: %s: %s", name, peer, type(exc).__name__, exc)
-            return _error(type(exc).__name__, str(exc)), []
-        if op.wakes_waiters:
-            self.feed.bump()
-        if not op.read_only and not self._wrote:
-            with self._lock:
-                self._wrote = True
-                self._wake_maintenance.notify()
-        out: list[bytes] = []
-        return {"ok": protocol.to_plain(result, out)}, out
-
-    # -- running and stopping -------------------------------------------------------------
-
-    def _poke(self) -> None:
-        try:
-            socket.create_connection(_wake_address(self.server_address), timeout=1.0).close()
-        except OSError:
-            pass
-
-    def _maintain(self) -> None:
-        maintain = getattr(self.backend, "maintain", None)
-        while maintain is not None:
-            with self._lock:
-                self._wake_maintenance.wait_for(lambda: self._wrote or self._closing)
-                if self._closing:
-                    return
-                self._wrote = False
-            try:
-                maintain()
-            except Exception:
-                logger.exception("housekeeping of %r failed; trying again later", self.backend)
-            with self._lock:
-                if self._wake_maintenance.wait_for(lambda: self._closing, _MAINTENANCE_SECONDS):
-                    return
-
-    def start(self) -> None:
-        """Serve in a background thread (for tests and embedding)."""
-        self._maintenance = threading.Thread(
-            target=self._maintain, name="pynenc-lite-server-maintenance", daemon=True
-        )
-        self._maintenance.start()
-        self._serving = threading.Thread(
-            target=self.serve_forever, name="pynenc-lite-server", daemon=True
-        )
-        self._serving.start()
-
-    def stop(self, grace_seconds: float = 5.0) -> None:
-        """Stop accepting, wake every long-poll, let requests in progress answer (at most
-        `grace_seconds`), close every connection and the backend."""
-        with self._lock:
-            self._closing = True
-            self._wake_maintenance.notify_all()
-        self.feed.close()
-        if self._serving is not None:
-            # serve_forever looks at a shutdown request only between accepts or every half
-            # second: connect to ourselves so it looks now (refused: we are closing).
-            stopper = threading.Thread(target=self.shutdown, name="pynenc-lite-server-stop")
-            stopper.start()
-            while stopper.is_alive():
-                self._poke()
-                stopper.join(0.05)
-            self._serving.join()
-        self.server_close()
-        deadline = time.monotonic() + grace_seconds
-        while True:
-            with self._lock:
-                busy = [c for c in self._connections.values() if c.busy]
-                idle = [c for c in self._connections.values() if not c.busy]
-            for connection in idle:
-                _shut(connection.sock)
-            if not busy or time.monotonic() >= deadline:
-                break
-            time.sleep(0.01)  # a shutdown path: requests finish within milliseconds
-        for connection in busy:
-            _shut(connection.sock)
-        with self._lock:
-            threads, self._threads = self._threads, 0
-        for _ in range(threads):
-            self._jobs.put(None)
-        if self._maintenance is not None:
-            self._maintenance.join()  # it may be using the backend
-        self.backend.close()
-
-
-def _wake_address(address: tuple[Any, ...]) -> tuple[str, int]:
-    host = str(address[0])
-    wildcard = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
-    return wildcard.get(host, host), int(address[1])
-
-
-def _error(kind: str, message: str) -> dict[str, Any]:
-    return {"error": kind, "message": message}
-
-
-def _shut(sock: socket.socket) -> None:
-    # The plain-socket shutdown, also for a TLS socket: SSLSocket.shutdown would drop its
-    # TLS state under the thread still reading it. The reader then sees the end and leaves.
-    try:
-        socket.socket.shutdown(sock, socket.SHUT_RDWR)
-    except OSError:
-        pass
-
-
-def _peer(client_address: Any) -> str:
-    if isinstance(client_address, tuple) and len(client_address) >= 2:
-        host, port = client_address[0], client_address[1]
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-    return str(client_address)
-
-
-def _family_of(host: str) -> socket.AddressFamily:
-    try:
-        return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
-    except ValueError:  # a host name: resolve it
-        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
-        return socket.AddressFamily(infos[0][0])
-
-
-# -- command line --------------------------------------------------------------------------
 
 
 def parse_bind(text: str) -> tuple[str, int]:
@@ -553,7 +42,7 @@ def parse_bind(text: str) -> tuple[str, int]:
     Raises:
         ValueError: not one of those shapes, or a port outside 0-65535.
     """
-    host, port = "127.0.0.1", protocol.DEFAULT_PORT
+    host, port = "127.0.0.1", wire.DEFAULT_PORT
     text = text.strip()
     if text.startswith("["):
         end = text.find("]")
@@ -591,17 +80,19 @@ def is_loopback(host: str) -> bool:
     return bool(infos) and all(ipaddress.ip_address(i[4][0]).is_loopback for i in infos)
 
 
-def _load_secret(args: argparse.Namespace, environ: dict[str, str]) -> tuple[bytes, str]:
-    """The secret and a description of where it came from (see --help for the order)."""
+def _load_secret(
+    args: argparse.Namespace, environ: dict[str, str]
+) -> tuple[bytes, str, Optional[str]]:
+    """The secret, a description of where it came from (see --help for the order), and the
+    absolute path of its file (None when it came from the environment)."""
     if args.secret_file:
-        return protocol.read_secret_file(
-            args.secret_file
-        ), f"file {os.path.abspath(args.secret_file)}"
+        path = os.path.abspath(args.secret_file)
+        return wire.read_secret_file(path), f"file {path}", path
     if environ.get(ENV_SECRET):
-        return environ[ENV_SECRET].strip().encode(), f"env {ENV_SECRET}"
+        return environ[ENV_SECRET].strip().encode(), f"env {ENV_SECRET}", None
     if environ.get(ENV_SECRET_FILE):
-        path = environ[ENV_SECRET_FILE]
-        return protocol.read_secret_file(path), f"file {os.path.abspath(path)}"
+        path = os.path.abspath(environ[ENV_SECRET_FILE])
+        return wire.read_secret_file(path), f"file {path}", path
     if not is_loopback(args.host):
         raise ConfigError(
             f"refusing to listen on {args.host}, which is not a loopback address, without a "
@@ -610,11 +101,18 @@ def _load_secret(args: argparse.Namespace, environ: dict[str, str]) -> tuple[byt
         )
     path = os.path.abspath(args.db) + ".secret"
     if not os.path.exists(path):
-        # O_EXCL + 0600: never reuse a file somebody else planted, never readable by others.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as file:
-            file.write(secrets.token_urlsafe(32) + "\n")
-    return protocol.read_secret_file(path), f"file {path} (generated)"
+        try:
+            # O_EXCL + 0600: never reuse a file somebody else planted, never readable by others.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as file:
+                file.write(secrets.token_urlsafe(32) + "\n")
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot write the generated secret file {path}: {exc.strerror or exc}. Make "
+                f"the folder {os.path.dirname(path)} exist and be writable, or give "
+                "--secret-file PATH"
+            ) from exc
+    return wire.read_secret_file(path), f"file {path} (generated)", path
 
 
 def _tls_context(cert: str, key: Optional[str]) -> ssl.SSLContext:
@@ -660,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--bind",
-        default=f"127.0.0.1:{protocol.DEFAULT_PORT}",
+        default=f"127.0.0.1:{wire.DEFAULT_PORT}",
         metavar="HOST:PORT",
         help="address to listen on (default: %(default)s; port 0 picks a free "
         "port; [::1]:PORT for IPv6). Other than loopback needs a secret",
@@ -763,7 +261,7 @@ def main(argv: Optional[Sequence[str]] = None, environ: Optional[dict[str, str]]
     if args.tls_key and not args.tls_cert:
         parser.error("--tls-key needs --tls-cert")
     try:
-        secret, secret_origin = _load_secret(args, environ)
+        secret, secret_origin, secret_path = _load_secret(args, environ)
         if len(secret) < MIN_SECRET_BYTES:
             raise ConfigError(
                 f"the secret from {secret_origin} has {len(secret)} characters; use at least "
@@ -812,15 +310,15 @@ def main(argv: Optional[Sequence[str]] = None, environ: Optional[dict[str, str]]
     host = str(server.server_address[0])
     url = _client_url(host, server.port, context is not None)
     secret_line = (
-        f"PYNENC__BROKER_SECRET_FILE={secret_origin.split(' ')[1]}"
-        if secret_origin.startswith("file")
+        f"PYNENC__BROKER_SECRET_FILE={shlex.quote(secret_path)}"  # pasted into a shell
+        if secret_path is not None
         else "PYNENC__BROKER_SECRET=<the same secret as this server's>"
     )
     tls_line = (
         "\n  PYNENC__BROKER_TLS_CA_FILE=<the CA file that signed --tls-cert>" if context else ""
     )
     print(
-        f"pynenc_lite server: serving {backend.path} on {_peer((host, server.port))} "
+        f"pynenc_lite server: serving {backend.path} on {peer_name((host, server.port))} "
         f"(TLS {'on' if context else 'off'}; secret from {secret_origin})\n"
         f"Connect callers and workers with:\n"
         f"  PYNENC__BROKER_URL={url}\n  {secret_line}{tls_line}",

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent / PACKAGE
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundations", ("errors", "status", "serializer", "options", "cron", "importing",
                      "compat", "conf", "tables")),
-    ("storage", ("backend", "protocol")),
+    ("storage", ("backend",)),
     ("runtime", ("runtime", "waiting", "execution")),
     ("calls", ("invocation", "invoke", "task")),
     ("runners", ("runner",)),

@@ -13,9 +13,10 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from pynenc_lite import Pynenc, protocol
+from pynenc_lite import Pynenc
 from pynenc_lite.backend.base import Backend, NewInvocation, Outcome, WorkerInfo
-from pynenc_lite.backend.remote import RemoteBackend, backend_from_config
+from pynenc_lite.backend.tcp import ops
+from pynenc_lite.backend.tcp.client import RemoteBackend, backend_from_config
 from pynenc_lite.conf import PynencConfig
 from pynenc_lite.errors import ConfigError
 from pynenc_lite.status import InvocationStatus
@@ -45,13 +46,40 @@ def backend(tcp_server: ServerProcess) -> Iterator[RemoteBackend]:
 
 
 def test_the_allowlist_is_exactly_the_backend_protocol() -> None:
-    # A method added to Backend must be added to protocol.OPS too (one line), with the same
+    # A method added to Backend must be added to ops.OPS too (one line), with the same
     # argument names, or the server could not serve it.
     abstract = set(Backend.__abstractmethods__)
-    assert set(protocol.OPS) == abstract
-    for name, op in protocol.OPS.items():
+    assert set(ops.OPS) == abstract
+    for name, op in ops.OPS.items():
         params = list(inspect.signature(getattr(Backend, name)).parameters)[1:]
         assert params == list(op.params), name
+
+
+def test_the_client_is_the_contract_with_generated_methods() -> None:
+    # Every operation is a method with the contract's name and signature; those sent again
+    # after a lost reply are generated from the contract, the others written by hand.
+    assert issubclass(RemoteBackend, Backend) and not RemoteBackend.__abstractmethods__
+    for name, op in ops.OPS.items():
+        method, contract = getattr(RemoteBackend, name), getattr(Backend, name)
+        assert method.__name__ == name
+        assert inspect.signature(method) == inspect.signature(contract), name
+        generated = getattr(method, "__wrapped__", None) is contract
+        assert generated == (op.after_lost_reply == ops.RESEND), name
+
+
+def test_a_generated_method_checks_its_arguments_before_sending() -> None:
+    client = RemoteBackend("127.0.0.1", 9, secret=b"x" * 32, retry_seconds=0.0)
+    try:
+        with pytest.raises(TypeError, match="get_invocation"):
+            client.get_invocation()  # type: ignore[call-arg]
+        with pytest.raises(TypeError, match="get_invocation"):
+            client.get_invocation("a", "b")  # type: ignore[call-arg]
+        with pytest.raises(TypeError, match="get_invocation"):
+            client.get_invocation("a", invocation_id="a")  # type: ignore[misc]
+        with pytest.raises(TypeError, match="list_invocations"):
+            client.list_invocations("app", state=None)  # type: ignore[call-arg]
+    finally:
+        client.close()
 
 
 def test_every_operation_round_trips(backend: RemoteBackend) -> None:
@@ -104,7 +132,7 @@ def test_wait_for_change_long_polls_without_spinning(backend: RemoteBackend) -> 
     start = time.monotonic()
     assert backend.wait_for_change(token, 0.3) == token  # nothing changed: waits it out
     assert time.monotonic() - start >= 0.25
-    other = RemoteBackend(backend.host, backend.port, secret=backend._secret)
+    other = RemoteBackend(backend.host, backend.port, secret=backend._pool.secret)
     try:
         timer = threading.Timer(0.1, lambda: other.submit([new(1, time.time())]))
         timer.start()
@@ -127,7 +155,7 @@ def test_many_threads_share_one_backend(backend: RemoteBackend) -> None:
 
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         assert all(pool.map(submit_and_read, range(400)))
-    assert len(backend._idle) <= backend.max_idle_connections
+    assert len(backend._pool.idle) <= backend._pool.max_idle_connections
 
 
 # -- lost replies ---------------------------------------------------------------------------
@@ -223,7 +251,7 @@ def test_secret_from_env_wins_and_is_masked(tmp_path: Path) -> None:
         environ={"PYNENC__BROKER_SECRET": "s3cret-value-0123456789"},
     )
     client = backend_from_config(conf)
-    assert client._secret == b"s3cret-value-0123456789"
+    assert client._pool.secret == b"s3cret-value-0123456789"
     assert "s3cret" not in conf.format_table() and "s3cret" not in repr(conf.describe())
     client.close()
 

@@ -18,9 +18,9 @@ from typing import Iterator
 import pytest
 
 from pynenc_lite.backend.base import Backend
-from pynenc_lite.backend.remote import RemoteBackend
 from pynenc_lite.backend.sqlite import SQLiteBackend
-from pynenc_lite.server import BrokerServer
+from pynenc_lite.backend.tcp.client import RemoteBackend
+from pynenc_lite.backend.tcp.engine import BrokerServer
 from tests import test_backend_contract as contract
 from tests.test_backend_contract import MakeBackend, backend  # noqa: F401 - a fixture
 

@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
-from pynenc_lite import protocol
-from pynenc_lite.backend.remote import RemoteBackend
-from pynenc_lite.protocol import SessionMac
+from pynenc_lite.backend.tcp import ops, wire
+from pynenc_lite.backend.tcp.client import RemoteBackend
+from pynenc_lite.backend.tcp.wire import SessionMac
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 START_SECONDS = 20.0  # generous: a cold interpreter on a loaded CI machine
@@ -76,6 +76,7 @@ class ServerProcess:
         self.log = tmp_path / "server.log"
         self.proc: Optional[subprocess.Popen[bytes]] = None
         self.starts = 0
+        self.output = ""  # what the last start printed, up to its address line
 
     @property
     def command(self) -> list[str]:
@@ -102,7 +103,7 @@ class ServerProcess:
                 self.command, stdout=subprocess.PIPE, stderr=log, cwd=self.tmp_path, env=self.env
             )
         assert self.proc.stdout is not None
-        text = read_until(self.proc, _URL_LINE, START_SECONDS)
+        text = self.output = read_until(self.proc, _URL_LINE, START_SECONDS)
         match = _URL_LINE.search(text)
         assert match, f"the server printed no address:\n{text}\n{self.log_text()}"
         self.url = match.group(0).split("=", 1)[1]
@@ -179,7 +180,7 @@ def running_server(tmp_path: Path) -> Iterator[ServerProcess]:
 # -- raw protocol, for the security tests ---------------------------------------------------
 
 
-_DEFAULT_LIMITS = protocol.FrameLimits()
+_DEFAULT_LIMITS = wire.FrameLimits()
 
 
 class RawClient:
@@ -189,6 +190,7 @@ class RawClient:
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.timeout = timeout
+        self.reader = wire.FrameReader(self.sock)
         self.mac: Optional[SessionMac] = None
 
     def close(self) -> None:
@@ -200,10 +202,9 @@ class RawClient:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def recv(self, limits: protocol.FrameLimits = _DEFAULT_LIMITS) -> dict[str, Any]:
+    def recv(self, limits: wire.FrameLimits = _DEFAULT_LIMITS) -> dict[str, Any]:
         deadline = time.monotonic() + self.timeout
-        header, _ = protocol.recv_frame(
-            self.sock,
+        header, _ = self.reader.read(
             limits=limits,
             mac=self.mac,
             idle_deadline=deadline,
@@ -213,32 +214,32 @@ class RawClient:
 
     def hello(self) -> bytes:
         """Read the server's hello; returns its nonce."""
-        hello = self.recv(protocol.HANDSHAKE_LIMITS)
-        assert hello["hello"] == protocol.PROTOCOL_NAME
+        hello = self.recv(wire.HANDSHAKE_LIMITS)
+        assert hello["hello"] == wire.PROTOCOL_NAME
         return bytes.fromhex(hello["nonce"])
 
     def auth_frame(
         self, secret: bytes, server_nonce: bytes, client_nonce: Optional[bytes] = None
     ) -> bytes:
-        client_nonce = client_nonce or protocol.new_nonce()
+        client_nonce = client_nonce or wire.new_nonce()
         self._nonces = (server_nonce, client_nonce)
-        proof = protocol.proof(secret, "client", server_nonce, client_nonce)
-        return protocol.encode_frame({"nonce": client_nonce.hex(), "proof": proof.hex()}, [], None)
+        proof = wire.proof(secret, "client", server_nonce, client_nonce)
+        return wire.encode_frame({"nonce": client_nonce.hex(), "proof": proof.hex()}, [], None)
 
     def authenticate(self, secret: bytes) -> None:
         """Complete the handshake; afterwards frames are tagged."""
         frame = self.auth_frame(secret, self.hello())
         self.sock.sendall(frame)
-        welcome = self.recv(protocol.HANDSHAKE_LIMITS)
+        welcome = self.recv(wire.HANDSHAKE_LIMITS)
         assert "proof" in welcome, welcome
-        self.mac = SessionMac(protocol.proof(secret, "session", *self._nonces), is_server=False)
+        self.mac = SessionMac(wire.proof(secret, "session", *self._nonces), is_server=False)
 
     def request_frame(self, header: dict[str, Any], blobs: Sequence[bytes] = ()) -> bytes:
-        return protocol.encode_frame(header, list(blobs), self.mac)
+        return wire.encode_frame(header, list(blobs), self.mac)
 
     def call(self, op: str, **args: Any) -> dict[str, Any]:
         blobs: list[bytes] = []
-        plain = protocol.to_plain(args, blobs)
+        plain = ops.to_plain(args, blobs)
         self.sock.sendall(self.request_frame({"op": op, "args": plain}, blobs))
         return self.recv()
 
@@ -325,7 +326,7 @@ class LossyRelay:
                 body_len = int.from_bytes(prefix[4:], "big")
                 frames += 1
                 # The hello and the welcome carry no tag; every later frame does.
-                tag = protocol.TAG_BYTES if frames > 2 else 0
+                tag = wire.TAG_BYTES if frames > 2 else 0
                 rest = _read_exact(src, header_len + body_len + tag)
                 if frames > 2:
                     with self._lock:

@@ -8,28 +8,35 @@ import json
 import os
 import pickle
 import random
+import re
+import shlex
 import shutil
 import socket
 import ssl
 import struct
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
-from pynenc_lite import Pynenc, protocol
+from pynenc_lite import Pynenc
 from pynenc_lite.backend.base import NewInvocation, Outcome
-from pynenc_lite.backend.remote import AuthenticationError, RemoteBackend
+from pynenc_lite.backend.tcp import ops, wire
+from pynenc_lite.backend.tcp.client import AuthenticationError, RemoteBackend
 from pynenc_lite.errors import BackendError
 from pynenc_lite.status import InvocationStatus
+from tests.helpers import WAIT_SECONDS, wait_until
 from tests.test_tcp_helpers import (
     RawClient,
     ServerProcess,
+    read_until,
     running_server,
     subprocess_env,
+    write_secret,
 )
 
 
@@ -69,7 +76,7 @@ def test_no_secret_no_service(tcp_server: ServerProcess) -> None:
     with RawClient(tcp_server.port) as raw:
         raw.hello()
         raw.sock.sendall(
-            protocol.encode_frame(
+            wire.encode_frame(
                 {"op": "get_invocation", "args": {"invocation_id": "x"}}, [], None
             )
         )
@@ -77,9 +84,57 @@ def test_no_secret_no_service(tcp_server: ServerProcess) -> None:
     # An empty proof is a wrong proof.
     with RawClient(tcp_server.port) as raw:
         raw.hello()
-        raw.sock.sendall(protocol.encode_frame({"nonce": "00" * 32, "proof": ""}, [], None))
-        assert raw.recv(protocol.HANDSHAKE_LIMITS)["error"] == "AuthenticationError"
+        raw.sock.sendall(wire.encode_frame({"nonce": "00" * 32, "proof": ""}, [], None))
+        assert raw.recv(wire.HANDSHAKE_LIMITS)["error"] == "AuthenticationError"
         assert raw.is_closed_by_server()
+    assert_serving(tcp_server)
+
+
+# -- protocol versions ----------------------------------------------------------------------
+
+
+def test_a_server_of_another_version_is_named_in_one_line() -> None:
+    # A pynenc_lite/1 server greets with its version; this client hangs up at once (no retry,
+    # no traceback from deeper down) with both versions and what to do.
+    listener = socket.create_server(("127.0.0.1", 0))
+    old_hello = {"hello": "pynenc_lite/1", "schema": "0" * 16, "nonce": "00" * 32}
+
+    def old_server() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.sendall(wire.encode_frame(old_hello, [], None))
+            conn.recv(1)  # until the client hangs up
+
+    thread = threading.Thread(target=old_server, daemon=True)
+    thread.start()
+    client = RemoteBackend("127.0.0.1", listener.getsockname()[1], secret=b"s" * 32)
+    try:
+        start = time.monotonic()
+        with pytest.raises(AuthenticationError) as caught:
+            client.get_invocation("x")
+        assert time.monotonic() - start < 2.0
+    finally:
+        client.close()
+        thread.join(WAIT_SECONDS)
+        listener.close()
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "pynenc_lite/1" in message and wire.PROTOCOL_NAME in message
+    assert "upgrade" in message and "same pynenc_lite version" in message
+
+
+def test_an_older_client_is_told_what_to_do(tcp_server: ServerProcess) -> None:
+    # A pynenc_lite/1 client refuses a hello it does not know with this error line, built
+    # from the hello's first 100 characters; the server logs why the client left.
+    with RawClient(tcp_server.port) as old_client:
+        hello = old_client.recv(wire.HANDSHAKE_LIMITS)
+    old_error = (
+        f"tcp://127.0.0.1:{tcp_server.port} is not a pynenc_lite server speaking "
+        f"pynenc_lite/1 (it said {str(hello)[:100]})"
+    )
+    assert wire.PROTOCOL_NAME in old_error and wire.HELLO_HINT in old_error
+    wait_until(lambda: "left before authenticating" in tcp_server.log_text())
+    assert wire.PROTOCOL_NAME in tcp_server.log_text()
     assert_serving(tcp_server)
 
 
@@ -102,9 +157,9 @@ def test_replayed_handshake_and_frames_are_refused(tcp_server: ServerProcess) ->
     with RawClient(tcp_server.port) as first:
         recorded_auth = first.auth_frame(secret, first.hello())
         first.sock.sendall(recorded_auth)
-        first.recv(protocol.HANDSHAKE_LIMITS)
-        first.mac = protocol.SessionMac(
-            protocol.proof(secret, "session", *first._nonces), is_server=False
+        first.recv(wire.HANDSHAKE_LIMITS)
+        first.mac = wire.SessionMac(
+            wire.proof(secret, "session", *first._nonces), is_server=False
         )
         request = first.request_frame({"op": "next_run_at", "args": {"app_id": "a"}})
         first.sock.sendall(request)
@@ -116,7 +171,7 @@ def test_replayed_handshake_and_frames_are_refused(tcp_server: ServerProcess) ->
     with RawClient(tcp_server.port) as second:
         second.hello()
         second.sock.sendall(recorded_auth)
-        assert second.recv(protocol.HANDSHAKE_LIMITS)["error"] == "AuthenticationError"
+        assert second.recv(wire.HANDSHAKE_LIMITS)["error"] == "AuthenticationError"
     # A recorded request frame inside another, properly authenticated session.
     with RawClient(tcp_server.port) as third:
         third.authenticate(secret)
@@ -154,7 +209,7 @@ def _valid_request(rng: random.Random) -> tuple[dict[str, Any], list[bytes]]:
         {"op": "get_finished_since", "args": {"seq": 0}},
         {
             "op": "submit",
-            "args": protocol.to_plain(
+            "args": ops.to_plain(
                 {
                     "invocations": [
                         NewInvocation(f"fz-{rng.random()}", "fuzz", "t", b"\x80\x04N.", now, now)
@@ -232,7 +287,7 @@ def test_fuzzed_frames_are_refused_and_the_server_serves_on(tcp_server: ServerPr
                     if kind == 0:
                         payload = rng.randbytes(rng.randint(1, 300))
                     else:
-                        frame = bytearray(raw.auth_frame(secret, protocol.new_nonce()))
+                        frame = bytearray(raw.auth_frame(secret, wire.new_nonce()))
                         for _ in range(rng.randint(1, 4)):
                             frame[rng.randrange(len(frame))] = rng.randrange(256)
                         payload = bytes(frame)
@@ -260,7 +315,7 @@ def test_fuzzed_frames_are_refused_and_the_server_serves_on(tcp_server: ServerPr
                 client.sock.sendall(frame)
                 try:
                     reply = client.recv()
-                except (OSError, protocol.ProtocolError):
+                except (OSError, wire.ProtocolError):
                     reply = {}
                 if "error" in reply or "ok" in reply:
                     answered += 1
@@ -455,6 +510,27 @@ def test_refuses_a_public_address_without_a_secret(tmp_path: Path) -> None:
     assert result.returncode == 2 and "at least 16" in result.stderr
 
 
+def test_a_secret_that_cannot_be_generated_is_one_clear_line(tmp_path: Path) -> None:
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    read_only.chmod(0o500)
+    not_a_folder = tmp_path / "a-file"
+    not_a_folder.write_text("")
+    folders = [tmp_path / "missing", not_a_folder]
+    if os.geteuid() != 0:  # root writes anywhere
+        folders.append(read_only)
+    try:
+        for folder in folders:
+            result = _run_cli(["--db", str(folder / "x.db"), "--bind", "127.0.0.1:0"], tmp_path)
+            assert result.returncode == 2, result.stderr
+            assert "Traceback" not in result.stderr
+            (line,) = result.stderr.strip().splitlines()
+            assert line.startswith("error: cannot write the generated secret file")
+            assert str(folder) in line and "--secret-file" in line
+    finally:
+        read_only.chmod(0o700)
+
+
 def test_loopback_without_a_secret_generates_a_private_one(tmp_path: Path) -> None:
     server = ServerProcess(tmp_path)
     server.secret_file.unlink()
@@ -476,6 +552,25 @@ def test_loopback_without_a_secret_generates_a_private_one(tmp_path: Path) -> No
         client = RemoteBackend("127.0.0.1", port, secret=secret)
         assert client.get_invocation("x") is None
         client.close()
+    finally:
+        server.kill()
+
+
+def test_the_connect_line_quotes_a_secret_path_for_the_shell(tmp_path: Path) -> None:
+    folder = tmp_path / "my secrets"
+    folder.mkdir()
+    server = ServerProcess(tmp_path)
+    server.secret_file = folder / "the secret"
+    write_secret(server.secret_file, server.secret)
+    try:
+        server.start()
+        assert server.proc is not None
+        secret_line = re.compile(r"SECRET_FILE=.*\n")
+        text = server.output
+        if not secret_line.search(text):  # printed in one write, but read maybe in two
+            text += read_until(server.proc, secret_line, 10)
+        (line,) = [line for line in text.splitlines() if "PYNENC__BROKER_SECRET_FILE=" in line]
+        assert shlex.split(line) == [f"PYNENC__BROKER_SECRET_FILE={server.secret_file}"]
     finally:
         server.kill()
 
@@ -622,5 +717,5 @@ def test_secret_file_permissions_are_checked(
     path = tmp_path / "s"
     path.write_text("x" * 20)
     os.chmod(path, 0o644)
-    assert protocol.read_secret_file(str(path)) == b"x" * 20
+    assert wire.read_secret_file(str(path)) == b"x" * 20
     assert "can be read by other users" in caplog.text
