@@ -8,8 +8,9 @@
 `WorkPool` holds everything the dispatcher, the worker threads and the upkeep of one run
 share, under ONE condition variable: the outcomes waiting to be stored, how many threads are
 idle or busy, the table of running entries, the hint that work may be waiting, the stop
-flags and the reason for a hard stop. Other threads change it only through its methods; the
-dispatcher also reads its fields directly while it holds `cond`, to decide when to wake.
+flags and the reason for a hard stop. It is changed through its methods; only the dispatcher
+also reads its fields directly, holding `cond`, to decide when to wake (and sets `work_hint`
+itself when a timer ran out).
 
 A runner makes a new pool for every `run()`. A thread left running a task by an earlier run
 (abandoned after its grace period) keeps the pool of that run, so it never touches the
@@ -115,6 +116,7 @@ class WorkPool:
             self.cond.notify_all()
 
     def thread_exited(self) -> None:
+        """A worker thread ends (told to by `end_threads`)."""
         with self.cond:
             self.exited += 1
             self.cond.notify_all()
