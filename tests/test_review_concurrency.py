@@ -139,8 +139,9 @@ def test_a_task_raising_a_base_exception_gets_an_outcome_and_keeps_its_thread(
     """Regression (nothing lost / hang): run_claimed catches only Exception and SystemExit. A task
     raising asyncio.CancelledError (a BaseException since 3.8; what an async task gets when
     an inner await is cancelled), KeyboardInterrupt or GeneratorExit kills the worker thread:
-    the invocation stays RUNNING with its id in `_running` (so heartbeats extend its lease
-    for ever), the caller never hears, and the pool has one thread less for good."""
+    the invocation stays RUNNING with its id in the pool's `running` table (so heartbeats
+    extend its lease for ever), the caller never hears, and the pool has one thread less for
+    good."""
     with ThreadRunner(app, threads=1):
         invocation = tr.raises_cancelled_error()
         with pytest.raises(BaseException) as info:
@@ -152,10 +153,10 @@ def test_a_task_raising_a_base_exception_gets_an_outcome_and_keeps_its_thread(
 def test_time_limit_of_a_retry_holds_while_the_abandoned_first_attempt_still_runs(
     app: Pynenc,
 ) -> None:
-    """Regression (race on _running): ThreadRunner._running is keyed by invocation id. After a time
-    limit turns attempt 1 into a RETRY, attempt 2 is claimed while attempt 1's thread still
-    runs (threads cannot be stopped): _claim overwrites the entry, and when attempt 1 returns
-    `_work` pops attempt 2's entry. Attempt 2 then has no time limit, is not listed in
+    """Regression (race on the running table): WorkPool.running is keyed by invocation id. After a
+    time limit turns attempt 1 into a RETRY, attempt 2 is claimed while attempt 1's thread still
+    runs (threads cannot be stopped): mark_claimed overwrites the entry, and when attempt 1
+    returns `finished` pops attempt 2's entry. Attempt 2 then has no time limit, is not listed in
     heartbeats (its lease is no longer extended) and cannot be flagged on cancel."""
     clock = Clock()
     with ThreadRunner(app, threads=2, clock=clock) as runner:
@@ -165,8 +166,8 @@ def test_time_limit_of_a_retry_holds_while_the_abandoned_first_attempt_still_run
         app.hub.notify_work()  # wake the dispatcher so it reads the clock
         assert tr.started[2].wait(2.0), "the retry was not claimed"
         tr.release[1].set()  # attempt 1 returns; its outcome is dropped
-        wait_until(lambda: runner._active == 1, 2.0)
-        assert invocation.invocation_id in runner._running, "attempt 2 lost its entry"
+        wait_until(lambda: runner._pool.active == 1, 2.0)
+        assert invocation.invocation_id in runner._pool.running, "attempt 2 lost its entry"
         clock.offset += 10.0  # past attempt 2's limit as well
         app.hub.notify_work()
         with pytest.raises(TaskTimeLimitError):
@@ -186,7 +187,7 @@ class FailsFirstStore(SQLiteBackend):
 
 
 def test_an_outcome_whose_store_failed_once_is_stored_later(app: Pynenc) -> None:
-    """Regression (outcome dropped): ThreadRunner._store logs a failed complete_many and drops the
+    """Regression (outcome dropped): Dispatcher._store logs a failed complete_many and drops the
     outcomes. The invocation stays RUNNING until its lease (10 s here) runs out, then runs
     again and counts a *lost attempt*: with max_lost_attempts=1 a task that succeeded ends
     FAILED with WorkerLostError ("the worker vanished"), which is false."""
