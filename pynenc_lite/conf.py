@@ -17,7 +17,11 @@ where they mean the same thing here, otherwise ignored with one logged warning p
 Any other unknown name or bad value is a `ConfigError` naming the field and the source.
 
 It does not open databases, start runners or configure logging handlers: other modules read
-the values. It reads no YAML (that would need a dependency).
+the values. It reads no YAML (that would need a dependency). pynenc's names live in `compat`.
+
+Why one module of ~580 lines: it is one concept, and a third of it is the `FIELDS` table (data,
+not code); the reading, precedence and checking below it all serve that one table, and a
+reader checking why a value won needs them side by side.
 """
 
 from __future__ import annotations

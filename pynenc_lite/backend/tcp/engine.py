@@ -21,6 +21,9 @@ connection, with a log line; everybody else is served on.
 
 It does not parse a command line or read secrets (that is `pynenc_lite.server`), decide how
 clients retry (`client`), or what an operation means (the backend does).
+
+It is about 500 lines because a connection's whole life (accept, authenticate, serve, close)
+is one concept that a reviewer of the server's security must read in one place.
 """
 
 from __future__ import annotations
