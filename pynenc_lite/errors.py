@@ -51,6 +51,10 @@ class RemoteTaskError(PynencError):
         super().__init__(message)
         self.remote_traceback = remote_traceback
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Travels from worker to caller with its traceback text.
+        return type(self), (str(self), self.remote_traceback)
+
 
 class SerializationError(PynencError):
     """Arguments or a result could not be pickled or unpickled."""

@@ -102,19 +102,44 @@ def describe_exception(exc: BaseException) -> str:
 
 
 def dumps_exception(exc: BaseException) -> tuple[Optional[bytes], str, str]:
-    """Package a task's exception as (pickled exception or None, error line, traceback text).
+    """Package a task's exception as (pickled exception, error line, traceback text).
 
     The pickle is checked by loading it back at once: many exception classes pickle fine but
     fail to load (an `__init__` with extra required arguments), and it is better to learn
-    that here than in the caller.
+    that here than in the caller. An exception that cannot make the round trip is replaced
+    by a pickled `RemoteTaskError` saying which step failed on the worker and why.
     """
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    try:
-        payload: Optional[bytes] = pickle.dumps(exc, PROTOCOL)
-        pickle.loads(payload)  # type: ignore[arg-type]
-    except Exception:
-        payload = None
+    payload, substitute = _pickle_exception(exc, text)
+    if substitute is not None:
+        payload = pickle.dumps(substitute, PROTOCOL)
     return payload, describe_exception(exc), text
+
+
+def _pickle_exception(
+    exc: BaseException, text: str
+) -> tuple[Optional[bytes], Optional[RemoteTaskError]]:
+    """The pickle of `exc` when it loads back, else the `RemoteTaskError` that stands for it."""
+    try:
+        payload = pickle.dumps(exc, PROTOCOL)
+    except Exception as dump_exc:
+        reason = f"could not be pickled on the worker ({type(dump_exc).__name__}: {dump_exc})"
+    else:
+        try:
+            pickle.loads(payload)
+            return payload, None
+        except Exception as load_exc:
+            reason = (
+                "was pickled on the worker but cannot be unpickled again "
+                f"({type(load_exc).__name__}: {load_exc}); an exception class whose __init__ "
+                "needs other arguments than it passes to Exception.__init__ does this: pass "
+                "them all to super().__init__ or define __reduce__"
+            )
+    return None, RemoteTaskError(
+        f"{describe_exception(exc)} (the exception {reason}, so it is reported as this "
+        "error; its traceback is in .remote_traceback)",
+        text,
+    )
 
 
 def load_exception(
@@ -145,8 +170,8 @@ def load_exception(
     if lost is not None:
         return lost
     return RemoteTaskError(
-        f"{error or 'the task failed'} (the exception could not be pickled on the worker, "
-        "so it is reported as this error; its traceback is in .remote_traceback)",
+        f"{error or 'the task failed'} (no pickled exception was stored, so it is reported "
+        "as this error; its traceback is in .remote_traceback)",
         tb_text,
     )
 
@@ -157,7 +182,6 @@ def round_trip_exception(exc: BaseException) -> BaseException:
     Returns `exc` itself when it survives pickling (keeping the local traceback, which is
     more useful than a copy's), otherwise the `RemoteTaskError` a caller would get.
     """
-    payload, error, text = dumps_exception(exc)
-    if payload is None:
-        return load_exception(None, error, text)
-    return exc
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    _, substitute = _pickle_exception(exc, text)
+    return exc if substitute is None else substitute

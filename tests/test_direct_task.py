@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import sqlite3
+import threading
 import uuid
 from pathlib import Path
 from typing import Any, Callable
@@ -96,6 +97,23 @@ def test_exception_that_cannot_be_unpickled_becomes_remote_task_error(
     assert "NeedsTwoArgsError" in message
     assert "code 7: boom" in message
     assert "raise NeedsTwoArgsError(code, detail)" in info.value.remote_traceback
+    # It pickled fine: the message says which side failed, and why.
+    assert "was pickled on the worker but cannot be unpickled" in message
+    assert "could not be pickled" not in message and "TypeError" in message
+
+
+def test_exception_that_cannot_be_pickled_says_so(running_app: Pynenc) -> None:
+    with pytest.raises(RemoteTaskError, match="could not be pickled on the worker") as info:
+        tasks_core.apply(_raise_holding_a_lock, 1)
+    assert "_raise_holding_a_lock" in info.value.remote_traceback
+
+
+class _LockedError(Exception):
+    pass
+
+
+def _raise_holding_a_lock(value: int) -> None:
+    raise _LockedError(threading.Lock())
 
 
 # -- what cannot be pickled -----------------------------------------------------------------
