@@ -105,7 +105,7 @@ def test_watcher_started_late_still_delivers_an_outcome_stored_before_its_first_
     watched, other = FirstLookGated(path), SQLiteBackend(path)
     hub = Hub(watched)
     try:
-        future = hub.future_for("a", check_stored=False)  # as Pynenc.invoke does
+        future = hub.future_for("a", check_stored=False)  # as invoke.invoke does
         other.submit([_new("a")])  # from here on: "another process"
         assert _claim(other, "w", T0) == ["a"]
         assert other.complete_many([Outcome("a", S.SUCCESS, b"v")], "w", T0) == [True]
