@@ -5,8 +5,8 @@ Holds `FIELDS` (the one table that defines every setting: name, type, default, m
 remembers which one gave each value:
 
     "default"      the table
-    "pyproject"    [tool.pynenc] in the nearest pyproject.toml above `cwd` (Python 3.11+ only)
-    "config_file"  `config_filepath=` or env PYNENC__FILEPATH: .json, or .toml on Python 3.11+
+    "pyproject"    [tool.pynenc] in the nearest pyproject.toml above `cwd`
+    "config_file"  `config_filepath=` or env PYNENC__FILEPATH: .json or .toml
     "code"         `config_values={...}` and the `app_id=` argument
     "env"          PYNENC__<FIELD>, or pynenc-style PYNENC__<SECTION>__<FIELD>
     "assignment"   `conf.<field> = value` at run time
@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, NamedTuple
 
-from pynenc_lite import compat
+from pynenc_lite import compat, toml_subset
 from pynenc_lite.errors import ConfigError
 from pynenc_lite.tables import format_table
 
@@ -360,13 +360,10 @@ def _read_sources(
     """Yield every setting found, lowest precedence first."""
     pyproject = _find_pyproject(cwd)
     if pyproject is not None:
-        if sys.version_info >= (3, 11):
-            tool = _read_toml(pyproject).get("tool")
-            table = tool.get("pynenc") if isinstance(tool, dict) else None
-            if isinstance(table, dict):
-                yield from _settings_for_table(table, "pyproject", f"pyproject {pyproject}")
-        else:
-            _LOG.debug("not reading %s: tomllib needs Python 3.11+", pyproject)
+        tool = _read_toml(pyproject, within=("tool", "pynenc")).get("tool")
+        table = tool.get("pynenc") if isinstance(tool, dict) else None
+        if isinstance(table, dict):
+            yield from _settings_for_table(table, "pyproject", f"pyproject {pyproject}")
     filepath = config_filepath if config_filepath is not None else environ.get(ENV_FILEPATH)
     if filepath:
         path = cwd / filepath  # an absolute filepath replaces cwd
@@ -388,14 +385,23 @@ def _find_pyproject(start: Path) -> Path | None:
     return None
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
-    if sys.version_info < (3, 11):
-        raise ConfigError(f"cannot read {path}: TOML needs Python 3.11+; use a .json file")
+def _read_toml(path: Path, within: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """A TOML file as dicts: with `tomllib` on Python 3.11+, else with `toml_subset`, which
+    reads what pynenc configuration uses and refuses loudly what it cannot read (only the
+    tables under `within` are read then; tomllib reads the whole file either way)."""
     try:
-        with path.open("rb") as file:
-            return tomllib.load(file)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+        if sys.version_info >= (3, 11):
+            with path.open("rb") as file:
+                return tomllib.load(file)
+        return toml_subset.loads(path.read_text(encoding="utf-8"), within)
+    except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from exc
+    except ValueError as exc:  # tomllib.TOMLDecodeError and TomlSubsetError are ValueErrors
+        hint = "" if sys.version_info >= (3, 11) else (
+            "; on Python < 3.11 pynenc_lite reads a subset of TOML (see "
+            "pynenc_lite/toml_subset.py): simplify the value, or use a .json config file"
+        )
+        raise ConfigError(f"cannot read {path}: {exc}{hint}") from exc
 
 
 def _read_config_file(path: Path) -> Mapping[str, object]:

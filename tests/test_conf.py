@@ -125,7 +125,6 @@ def test_repr_is_short_and_format_table_lists_every_field(project: Path) -> None
 # --- the source ladder ---------------------------------------------------------------------
 
 def test_full_ladder_each_source_overrides_the_lower_one(project: Path) -> None:
-    pytest.importorskip("tomllib", reason="pyproject.toml is read only where tomllib exists")
     (project / "pyproject.toml").write_text(
         "[tool.pynenc]\nmax_threads = 2\nlease_seconds = 20\nmax_lost_attempts = 5\n"
         "shutdown_grace_seconds = 1\nno_worker_warning_seconds = 1\n", encoding="utf-8")
@@ -198,7 +197,6 @@ def test_assignment_overrides_env_and_is_validated(project: Path) -> None:
 def test_pynenc_sqlite_pyproject_works_unchanged(
     project: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    pytest.importorskip("tomllib", reason="pyproject.toml is read only where tomllib exists")
     (project / "pyproject.toml").write_text(PYNENC_SQLITE_PYPROJECT, encoding="utf-8")
     caplog.set_level(logging.WARNING, logger="pynenc_lite.conf")
     conf = make(project)
@@ -217,7 +215,6 @@ def test_pynenc_sqlite_pyproject_works_unchanged(
 
 
 def test_pyproject_is_found_above_cwd_and_the_nearest_one_wins(tmp_path: Path) -> None:
-    pytest.importorskip("tomllib", reason="pyproject.toml is read only where tomllib exists")
     (tmp_path / "pyproject.toml").write_text('[tool.pynenc]\napp_id = "outer"\n',
                                              encoding="utf-8")
     nested = tmp_path / "src" / "pkg"
@@ -228,14 +225,7 @@ def test_pyproject_is_found_above_cwd_and_the_nearest_one_wins(tmp_path: Path) -
     assert PynencConfig(environ={}, cwd=nested).source_of("app_id") == "default"
 
 
-@pytest.mark.skipif(HAS_TOMLLIB, reason="checks the Python < 3.11 path without tomllib")
-def test_pyproject_is_skipped_without_tomllib(project: Path) -> None:
-    (project / "pyproject.toml").write_text('[tool.pynenc]\napp_id = "x"\n', encoding="utf-8")
-    assert make(project).source_of("app_id") == "default"
-
-
 def test_toml_config_file_flat_or_with_tool_pynenc(project: Path) -> None:
-    pytest.importorskip("tomllib", reason="TOML config files need tomllib")
     (project / "flat.toml").write_text("max_threads = 3\n[sqlite]\nsqlite_db_path = 'a.db'\n",
                                        encoding="utf-8")
     (project / "tool.toml").write_text(PYNENC_SQLITE_PYPROJECT, encoding="utf-8")
@@ -245,11 +235,15 @@ def test_toml_config_file_flat_or_with_tool_pynenc(project: Path) -> None:
     assert (tool.app_id, tool.source_of("app_id")) == ("my_app", "config_file")
 
 
-@pytest.mark.skipif(HAS_TOMLLIB, reason="checks the Python < 3.11 path without tomllib")
-def test_toml_config_file_without_tomllib_says_use_json(project: Path) -> None:
-    (project / "c.toml").write_text("max_threads = 3\n", encoding="utf-8")
-    with pytest.raises(ConfigError, match=r"TOML needs Python 3\.11\+; use a \.json file"):
-        make(project, config_filepath="c.toml")
+def test_toml_outside_the_subset_is_refused_loudly_before_python_3_11(project: Path) -> None:
+    # On 3.11+ tomllib reads dates; before it, the subset reader must refuse, never ignore.
+    (project / "c.toml").write_text("max_threads = 3\nwhen = 1979-05-27\n", encoding="utf-8")
+    if HAS_TOMLLIB:
+        with pytest.raises(ConfigError, match="unknown"):  # read fine; 'when' is no field
+            make(project, config_filepath="c.toml")
+    else:
+        with pytest.raises(ConfigError, match="line 2: .*dates are not supported"):
+            make(project, config_filepath="c.toml")
 
 
 def test_missing_or_unreadable_config_file_is_named(project: Path) -> None:
