@@ -8,11 +8,14 @@ library alone.
     def generate_report(period): ...   # call sites unchanged: blocks, returns the value
 """
 
+from pynenc_lite import pynenc_paths
 from pynenc_lite.app import Pynenc
+from pynenc_lite.builder import PynencBuilder
 from pynenc_lite.conf import PynencConfig
 from pynenc_lite.cron import CronSchedule
 from pynenc_lite.errors import (
     BackendError,
+    ConcurrencyControlledError,
     ConfigError,
     CronError,
     InvocationCancelledError,
@@ -39,9 +42,12 @@ from pynenc_lite.task import DirectTask, Task
 
 __version__ = "0.1.0"
 
+pynenc_paths.register()  # pynenc's import paths (pynenc_lite.conf.config_task, ...)
+
 __all__ = [
     "BackendError",
     "ConcurrencyControlType",
+    "ConcurrencyControlledError",
     "ConfigError",
     "CronError",
     "CronSchedule",
@@ -54,6 +60,7 @@ __all__ = [
     "InvocationTimeoutError",
     "ProcessRunner",
     "Pynenc",
+    "PynencBuilder",
     "PynencConfig",
     "PynencError",
     "RemoteTaskError",

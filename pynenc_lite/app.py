@@ -170,6 +170,7 @@ class Pynenc:
         if self._runner is None:
             with self._lock:
                 if self._runner is None:
+                    self.conf.reload_if_env_changed()  # the runner reads it as it is now
                     if self.conf.runner_cls == "ProcessRunner":
                         self._runner = ProcessRunner(self)
                     else:

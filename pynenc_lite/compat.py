@@ -30,8 +30,28 @@ PYNENC_SECTIONS = frozenset(
                          "clientdatastore", "trigger")
        for backend in ("", "sqlite", "redis", "mongo")}
 )
+# Runner sections apply only to their runner class and its subclasses, as pynenc's config
+# classes do (ConfigMultiThreadRunner and ConfigPersistentProcessRunner extend
+# ConfigThreadRunner; pynenc's ProcessRunner reads only ConfigRunner): the sections each
+# `runner_cls` spelling reads, most general first.
+RUNNER_SECTIONS = frozenset(
+    {"runner", "runnersqlite", "threadrunner", "multithreadrunner", "persistentprocessrunner",
+     "processrunner"}
+)
+RUNNER_SECTION_CHAINS = {
+    "threadrunner": ("runner", "runnersqlite", "threadrunner"),
+    "multithreadrunner": ("runner", "runnersqlite", "threadrunner", "multithreadrunner"),
+    "persistentprocessrunner": ("runner", "runnersqlite", "threadrunner",
+                                "persistentprocessrunner"),
+    "processrunner": ("runner", "runnersqlite", "processrunner"),
+}
 # pynenc names with the same meaning as one of our fields under another name.
 PYNENC_RENAMES = {"max_processes": "runner_processes", "num_processes": "runner_processes"}
+# pynenc names with the same meaning in other units: name -> (our field, factor).
+# A runner silent for runner_considered_dead_after_minutes is dead, and its work runs again:
+# here that is a lease that ran out.
+PYNENC_SCALED = {"runner_considered_dead_after_minutes": ("lease_seconds", 60.0),
+                 "runner_heartbeat_timeout_minutes": ("lease_seconds", 60.0)}
 # pynenc names that mean nothing here: accepted, ignored, warned about once.
 PYNENC_ONLY_SETTINGS = frozenset({
     # ConfigPynenc
@@ -40,7 +60,7 @@ PYNENC_ONLY_SETTINGS = frozenset({
     "truncate_log_ids",
     "log_use_colors", "log_stream", "log_format", "max_pending_seconds",
     "recover_pending_invocations_cron", "recover_running_invocations_cron",
-    "runner_considered_dead_after_minutes", "atomic_service_interval_minutes",
+    "atomic_service_interval_minutes",
     "atomic_service_spread_margin_minutes", "atomic_service_check_interval_minutes",
     "atomic_service_execution_retention_minutes", "atomic_service_execution_max_records",
     "atomic_service_max_start_slot_fraction", "atomic_service_min_run_margin_seconds",
@@ -49,7 +69,7 @@ PYNENC_ONLY_SETTINGS = frozenset({
     # ConfigOrchestrator, ConfigBroker, ConfigArgCache, ConfigClientDataStore, ConfigTrigger
     "cycle_control", "blocking_control", "auto_final_invocation_purge_hours",
     "run_invocation_recovery_service_every_minutes", "recovery_service_spread_margin_minutes",
-    "runner_heartbeat_timeout_minutes", "queue_timeout_sec", "queues", "priority_rules",
+    "queue_timeout_sec", "queues", "priority_rules",
     "warn_on_queue_mismatch", "raise_on_queue_mismatch", "min_size_to_cache",
     "max_size_to_cache", "local_cache_size", "disable_client_data_store", "warn_threshold",
     "compression_enabled", "scheduler_interval_seconds", "enable_scheduler",

@@ -220,6 +220,7 @@ class _Setting(NamedTuple):
     raw: object
     source: str
     origin: str  # for messages, e.g. "env PYNENC__MAX_THREADS"
+    section: str | None = None  # the pynenc section it was given in, if any
 
 
 class PynencConfig:
@@ -284,7 +285,16 @@ class PynencConfig:
             object.__setattr__(self, field.name, field.default)
         env = os.environ if environ is None else environ
         base = Path(os.getcwd() if cwd is None else cwd)
-        for setting in _read_sources(app_id, config_values, config_filepath, env, base):
+        # Kept to read the sources again when the process environment changes (see
+        # `reload_if_env_changed`); only a config that reads os.environ follows it.
+        self._inputs = (app_id, config_values, config_filepath, base)
+        self._follows_os_environ = environ is None
+        self._env_seen = _env_snapshot(env)
+        settings = list(_read_sources(app_id, config_values, config_filepath, env, base))
+        chain = _runner_sections(settings)
+        for setting in settings:
+            if setting.section in compat.RUNNER_SECTIONS and setting.section not in chain:
+                continue  # another runner class's section
             self._apply(setting, _convert(setting))
         _check_order(self.as_dict(), self._origins)
 
@@ -302,6 +312,39 @@ class PynencConfig:
     def __repr__(self) -> str:
         changed = [name for name, source in self._sources.items() if source != "default"]
         return f"{type(self).__name__}(app_id={self.app_id!r}, changed={changed!r})"
+
+    def reload_if_env_changed(self) -> bool:
+        """Read the sources again if a `PYNENC__*` variable of the process environment changed
+        since they were read (a test patching `os.environ` after the app was made, say);
+        values assigned at run time stay. Cheap when nothing changed: one pass over the
+        environment's names. Returns True when it read them again.
+
+        Raises:
+            ConfigError: the changed environment holds a bad value.
+        """
+        if not self._follows_os_environ:
+            return False
+        seen = _env_snapshot(os.environ)
+        if seen == self._env_seen:
+            return False
+        app_id, config_values, config_filepath, base = self._inputs
+        fresh = type(self)(app_id, config_values, config_filepath, cwd=base)
+        assigned = {
+            name: (getattr(self, name), self._origins[name])
+            for name, source in self._sources.items()
+            if source == "assignment"
+        }
+        self.__dict__.update(fresh.__dict__)
+        for name, (value, origin) in assigned.items():
+            object.__setattr__(self, name, value)
+            self._sources[name] = "assignment"
+            self._origins[name] = origin
+        _LOG.debug("the environment changed: configuration read again")
+        return True
+
+    def env_value_seen(self, name: str) -> str | None:
+        """The raw value the environment variable `name` had when the sources were read."""
+        return self._env_seen.get(name)
 
     def _apply(self, setting: _Setting, value: object) -> None:
         object.__setattr__(self, setting.field.name, value)
@@ -325,6 +368,15 @@ class PynencConfig:
         if name not in _FIELD_BY_NAME:
             raise _unknown_name_error(name, "the source_of() argument")
         return self._sources[name]
+
+    def origin_of(self, name: str) -> str:
+        """Where field `name`'s value came from, in words (e.g. "env PYNENC__MAX_THREADS").
+
+        Raises:
+            ConfigError: `name` is not a field.
+        """
+        self.source_of(name)  # checks the name
+        return self._origins[name]
 
     def as_dict(self) -> dict[str, object]:
         """Return every field's value, in table order."""
@@ -374,6 +426,22 @@ def _read_sources(
     if app_id is not None:
         yield _Setting(_FIELD_BY_NAME["app_id"], app_id, "code", "app_id argument")
     yield from _settings_for_env(environ)
+
+
+def _env_snapshot(environ: Mapping[str, str]) -> dict[str, str]:
+    return {name: value for name, value in environ.items() if name.startswith(ENV_PREFIX)}
+
+
+def _runner_sections(settings: list[_Setting]) -> tuple[str, ...]:
+    """The runner sections that apply: those of the runner class the settings choose (the
+    last `runner_cls` given, spelled as given, since pynenc's names map onto ours)."""
+    chosen = str(_FIELD_BY_NAME["runner_cls"].default)
+    for setting in settings:
+        if setting.field.name == "runner_cls" and setting.raw is not None:
+            chosen = str(setting.raw).strip()
+    return compat.RUNNER_SECTION_CHAINS.get(
+        chosen.lower(), compat.RUNNER_SECTION_CHAINS["threadrunner"]
+    )
 
 
 def _find_pyproject(start: Path) -> Path | None:
@@ -471,9 +539,17 @@ def _settings_for_key(
         # pynenc's runners read max_threads = 0 as "one per CPU"; keep that meaning there.
         if key == "max_threads" and section is not None and str(raw).strip() == "0":
             raw = os.cpu_count() or 1
-        yield _Setting(_FIELD_BY_NAME[key], raw, source, origin)
+        yield _Setting(_FIELD_BY_NAME[key], raw, source, origin, section)
     elif key in compat.PYNENC_RENAMES:
-        yield _Setting(_FIELD_BY_NAME[compat.PYNENC_RENAMES[key]], raw, source, origin)
+        yield _Setting(_FIELD_BY_NAME[compat.PYNENC_RENAMES[key]], raw, source, origin, section)
+    elif key in compat.PYNENC_SCALED:
+        name, factor = compat.PYNENC_SCALED[key]
+        try:
+            scaled: object = float(str(raw)) * factor
+        except ValueError:
+            scaled = raw  # refused by the field's check, which names the value
+        yield _Setting(_FIELD_BY_NAME[name], scaled, source, f"{origin} ({key} x {factor:g})",
+                       section)
     elif key == "serializer_cls" and isinstance(raw, str) and raw in compat.PICKLE_SERIALIZERS:
         _LOG.debug("%s: serializer_cls %r fits pynenc_lite, which always pickles", origin, raw)
     elif key in compat.PYNENC_ONLY_SETTINGS or (section == "task" and isinstance(raw, Mapping)):

@@ -117,6 +117,15 @@ class TargetError(PynencError):
     message says what to change."""
 
 
+class ConcurrencyControlledError(PynencError, KeyError):
+    """The invocation never ran: running concurrency control held it back and its task has
+    `reroute_on_concurrency_control=False`, so it was dropped (pynenc's
+    CONCURRENCY_CONTROLLED_FINAL). A KeyError, as pynenc raises for such a result."""
+
+    def __str__(self) -> str:  # KeyError would show the message's repr
+        return str(self.args[0]) if self.args else ""
+
+
 class InvocationNotFoundError(PynencError, LookupError):
     """No such invocation is stored: its result expired (`result_ttl_seconds`), the app's
     data was purged, or the id is wrong."""

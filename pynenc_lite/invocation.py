@@ -30,7 +30,7 @@ from pynenc_lite.errors import (
     InvocationTimeoutError,
 )
 from pynenc_lite.execution import AnyOutcome, LocalOutcome
-from pynenc_lite.runtime import HasRuntime, Runtime, runtime_of
+from pynenc_lite.runtime import HasRuntime, Runtime, find_runtime, runtime_of
 from pynenc_lite.status import InvocationStatus
 
 logger = logging.getLogger(__name__)
@@ -102,8 +102,28 @@ class Invocation(Generic[R]):
         """The app this invocation belongs to (pynenc's `invocation.app`)."""
         return self.runtime.owner
 
+    @property
+    def task(self) -> Any:
+        """The task this invocation calls (pynenc's `invocation.task`).
+
+        Raises:
+            TaskNotFoundError: the task cannot be found in this process.
+        """
+        return self.runtime.resolve_task(self.task_name)
+
     def __repr__(self) -> str:
         return f"<Invocation {self.task_name} {self.invocation_id}>"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled by id, as pynenc does: passed as an argument to another task, it arrives on
+        # the worker as a handle on the same stored invocation of the same app. A sync-mode
+        # invocation is nowhere stored, so it travels with its outcome.
+        if self.inline:
+            assert self._future is not None
+            return _inline_invocation, (
+                self.runtime.app_id, self.task_name, self.invocation_id, self._future.result()
+            )
+        return _stored_invocation, (self.runtime.app_id, self.task_name, self.invocation_id)
 
     # -- state ------------------------------------------------------------------------------
 
@@ -294,6 +314,18 @@ class Invocation(Generic[R]):
         raise serializer.load_exception(outcome.payload, outcome.error, outcome.traceback)
 
 
+def _stored_invocation(app_id: str, task_name: str, invocation_id: str) -> Invocation[Any]:
+    return Invocation(find_runtime(app_id), task_name, invocation_id)
+
+
+def _inline_invocation(
+    app_id: str, task_name: str, invocation_id: str, outcome: LocalOutcome
+) -> Invocation[Any]:
+    future: concurrent.futures.Future[AnyOutcome] = concurrent.futures.Future()
+    future.set_result(outcome)
+    return Invocation(find_runtime(app_id), task_name, invocation_id, future, inline=True)
+
+
 class InvocationGroup(Generic[R]):
     """The invocations of one fan-out (`task.parallelize(...)`), in input order."""
 
@@ -318,7 +350,15 @@ class InvocationGroup(Generic[R]):
         return f"<InvocationGroup of {len(self.invocations)}>"
 
     @property
-    def results(self) -> Iterator[R]:
+    def results(self) -> Results[R]:
+        """The results as each invocation finishes (completion order, as pynenc yields them);
+        iterating re-raises a failure when it is met (the others go on running). Waits up to
+        `result_timeout_seconds` in all. For input order: `results_in_order` or
+        `get_results()`."""
+        return Results(self)
+
+    @property
+    def results_in_order(self) -> Iterator[R]:
         """Each result in input order, waiting for each in turn; re-raises the first failure
         met in that order (the others go on running)."""
         self._register()
@@ -382,3 +422,25 @@ class InvocationGroup(Generic[R]):
             if not warned and pending:
                 first = next(iter(pending.values()))[0]
                 warned = runtime.warn_if_no_worker(repr(first), deadline.waited())
+
+
+class Results(Generic[R]):
+    """The results of a group in completion order (`InvocationGroup.results`): iterate it,
+    or `list()` it; each iteration waits anew."""
+
+    def __init__(self, group: InvocationGroup[R]) -> None:
+        self._group = group
+
+    def __iter__(self) -> Iterator[R]:
+        group = self._group
+        if not group.invocations:
+            return
+        timeout = group.invocations[0].runtime.conf.result_timeout_seconds
+        for invocation in group.as_completed(timeout):
+            yield invocation.result
+
+    def __repr__(self) -> str:
+        return (
+            f"<results of {len(self._group)} invocations, in completion order: iterate or "
+            "list() them; results_in_order for input order>"
+        )

@@ -20,6 +20,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from typing import Any, Callable, Optional, Protocol, Union
 
 from pynenc_lite.backend.base import Backend
@@ -30,6 +31,8 @@ from pynenc_lite.options import TaskOptions
 from pynenc_lite.waiting import Hub
 
 logger = logging.getLogger(__name__)
+
+_SYNC_ENV = "PYNENC__DEV_MODE_FORCE_SYNC_TASKS"
 
 
 class RegisteredTask(Protocol):
@@ -42,6 +45,26 @@ class RegisteredTask(Protocol):
     def arguments_by_name(
         self, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> dict[str, Any]: ...
+
+
+# Every runtime alive in this process: the one registry that pickling across processes needs
+# (an invocation passed as an argument is unpickled on the worker by its app's id).
+_live_runtimes: weakref.WeakSet[Runtime] = weakref.WeakSet()
+
+
+def find_runtime(app_id: str) -> Runtime:
+    """The live runtime of the app named `app_id` in this process (the newest if several).
+
+    Raises:
+        LookupError: no app of that name exists here; the message says what to import.
+    """
+    found = [rt for rt in list(_live_runtimes) if rt.app_id == app_id]
+    if not found:
+        raise LookupError(
+            f"no app {app_id!r} exists in this process, so an invocation of it cannot be "
+            "used here: import the module that makes it (the tasks' module) first"
+        )
+    return found[-1]
 
 
 def _is_task(obj: object) -> bool:
@@ -67,6 +90,7 @@ class Runtime:
         self._lock = threading.RLock()
         self._backend: Optional[Backend] = None
         self._hub: Optional[Hub] = None
+        _live_runtimes.add(self)
 
     def __repr__(self) -> str:
         return f"<Runtime {self.app_id!r}>"
@@ -78,8 +102,16 @@ class Runtime:
 
     @property
     def is_sync(self) -> bool:
-        """True when calls run inline in the caller's thread (`dev_mode_force_sync_tasks`)."""
-        return bool(self.conf.dev_mode_force_sync_tasks)
+        """True when calls run inline in the caller's thread (`dev_mode_force_sync_tasks`).
+
+        Read on every call, as pynenc programs expect: a test that sets
+        PYNENC__DEV_MODE_FORCE_SYNC_TASKS after the app was made sees it. The check costs one
+        environment lookup; the configuration is read again only when that variable changed.
+        """
+        conf = self.conf
+        if os.environ.get(_SYNC_ENV) != conf.env_value_seen(_SYNC_ENV):
+            conf.reload_if_env_changed()
+        return bool(conf.dev_mode_force_sync_tasks)
 
     # -- tasks ------------------------------------------------------------------------------
 
@@ -155,6 +187,7 @@ class Runtime:
             self._backend = backend
 
     def _make_backend(self) -> Backend:
+        self.conf.reload_if_env_changed()  # made from the configuration as it is now
         c = self.conf
         if c.broker_url:
             from pynenc_lite.backend.tcp.client import backend_from_config

@@ -21,6 +21,7 @@ import logging
 import time
 from typing import Any, Callable, Generic, Iterable, Optional, TypeVar, Union
 
+from pynenc_lite.execution import RunningInvocation, current_invocation
 from pynenc_lite.importing import import_object
 from pynenc_lite.invocation import Invocation, InvocationGroup
 from pynenc_lite.invoke import Call, invoke
@@ -30,6 +31,15 @@ from pynenc_lite.runtime import HasRuntime, Runtime, runtime_of
 logger = logging.getLogger(__name__)
 
 R = TypeVar("R")
+
+class Arguments(dict):  # type: ignore[type-arg]
+    """A call's arguments by name (pynenc's `Arguments`): a dict, plus `.kwargs`."""
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        """The arguments as keyword arguments."""
+        return dict(self)
+
 
 def to_call(item: Any, where: str) -> Call:
     """One call's arguments from a `parallel_func`/`parallelize` item.
@@ -88,6 +98,42 @@ class Task(Generic[R]):
     def app(self) -> Any:
         """The app this task is registered with (pynenc's `task.app`)."""
         return self.runtime.owner
+
+    @property
+    def task_id(self) -> str:
+        """pynenc's task id: `module.function`, the same as `name`."""
+        return self.name
+
+    @property
+    def logger(self) -> logging.Logger:
+        """A logger for this task (`pynenc_lite.tasks.<task name>`), for use inside it; its
+        records go where the library's go."""
+        return logging.getLogger(f"pynenc_lite.tasks.{self.name}")
+
+    @property
+    def invocation(self) -> RunningInvocation:
+        """The invocation running now in this thread (its `invocation_id`, attempt, ...), as
+        pynenc's `task.invocation` gives inside a task.
+
+        Raises:
+            RuntimeError: called outside a running task.
+        """
+        running = current_invocation()
+        if running is None:
+            raise RuntimeError(
+                f"{self.name}.invocation is only known inside a running task; outside one, "
+                "keep the Invocation that calling the task returned"
+            )
+        return running
+
+    def args(self, *args: Any, **kwargs: Any) -> Arguments:
+        """A call's arguments by name, as pynenc's `task.args(...)`: checked against the
+        signature, usable as an item of `parallelize`.
+
+        Raises:
+            TypeError: they do not fit the function's signature.
+        """
+        return Arguments(self.arguments_by_name(args, kwargs))
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Pickled by reference, like a function: the receiving process imports it.

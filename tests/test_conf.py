@@ -430,16 +430,48 @@ def test_pynenc_sections_map_onto_our_fields(project: Path) -> None:
     conf = make(project, config_values={
         "max_threads": 2,  # flat; the section value below wins, as in pynenc
         "threadrunner": {"max_threads": 6},
-        "persistentprocessrunner": {"num_processes": 3},
         "brokersqlite": {"sqlite_db_path": "b.db"},
-        "processrunner": {"lease_seconds": 12},  # our own names work inside sections too
+        "runner": {"lease_seconds": 12},  # our own names work inside sections too
     })
     assert conf.max_threads == 6
-    assert conf.runner_processes == 3
     assert conf.sqlite_db_path == "b.db"
     assert conf.lease_seconds == 12.0
-    assert make(project, config_values={"multithreadrunner": {"max_processes": 2}}
-                ).runner_processes == 2
+    chosen = {"runner_cls": "MultiThreadRunner", "multithreadrunner": {"max_processes": 2}}
+    assert make(project, config_values=chosen).runner_processes == 2
+
+
+def test_runner_sections_apply_only_to_their_runner_class(project: Path) -> None:
+    sections = {
+        "threadrunner": {"max_threads": 5},
+        "multithreadrunner": {"max_threads": 2, "max_processes": 3},
+        "persistentprocessrunner": {"num_processes": 4},
+    }
+    thread = make(project, config_values=sections)  # runner_cls: ThreadRunner by default
+    assert (thread.max_threads, thread.runner_processes) == (5, 0)
+    multi = make(project, config_values={**sections, "runner_cls": "MultiThreadRunner"})
+    assert (multi.max_threads, multi.runner_processes) == (2, 3)
+    persistent = make(project, config_values={**sections, "runner_cls": "PersistentProcessRunner"})
+    assert (persistent.max_threads, persistent.runner_processes) == (5, 4)  # a ThreadRunner kind
+    # pynenc's ProcessRunner reads only [runner], not the thread runners' sections.
+    process = make(project, config_values={**sections, "runner_cls": "ProcessRunner"})
+    assert (process.max_threads, process.runner_processes) == (16, 0)
+
+
+def test_runner_sections_from_a_pyproject_apply_only_to_their_class(project: Path) -> None:
+    (project / "pyproject.toml").write_text(
+        "[tool.pynenc.threadrunner]\nmax_threads = 5\n"
+        "[tool.pynenc.multithreadrunner]\nmax_threads = 2\n",
+        encoding="utf-8",
+    )
+    assert make(project).max_threads == 5  # not the last section read
+    env = {"PYNENC__CONFIGMULTITHREADRUNNER__MAX_THREADS": "7"}
+    assert make(project, env).max_threads == 5  # another class's variable
+
+
+def test_pynenc_recovery_fields_map_onto_leases(project: Path) -> None:
+    conf = make(project, config_values={"runner_considered_dead_after_minutes": 0.5})
+    assert conf.lease_seconds == 30.0
+    assert "runner_considered_dead_after_minutes" in conf.origin_of("lease_seconds")
 
 
 def test_pynenc_max_threads_zero_means_one_per_cpu_only_in_pynenc_sections(
@@ -455,7 +487,8 @@ def test_env_sections_in_both_spellings_and_section_beats_flat(project: Path) ->
     conf = make(project, {"PYNENC__SQLITE__SQLITE_DB_PATH": "/data/app.db",
                           "PYNENC__MAX_THREADS": "2",
                           "PYNENC__THREADRUNNER__MAX_THREADS": "4",
-                          "PYNENC__CONFIGMULTITHREADRUNNER__MAX_PROCESSES": "3",
+                          "PYNENC__CONFIGPERSISTENTPROCESSRUNNER__NUM_PROCESSES": "3",
+                          "PYNENC__RUNNER_CLS": "PersistentProcessRunner",
                           "PYNENC__CONFIGPYNENC__APP_ID": "sectioned"})
     assert conf.sqlite_db_path == "/data/app.db"
     assert conf.max_threads == 4

@@ -23,12 +23,14 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("runtime", ("runtime", "waiting", "execution")),
     ("calls", ("invocation", "invoke", "task")),
     ("runners", ("runner",)),
-    ("facade", ("app", "")),  # "" is the package's __init__
+    # "" is the package's __init__; builder makes Pynenc apps the pynenc way, and
+    # pynenc_paths names pynenc's import paths: both are the facade too.
+    ("facade", ("app", "builder", "pynenc_paths", "")),
     ("command lines", ("loading", "worker", "admin", "server", "__main__")),
 ]
 # The facade is imported only from above it.
-FACADE_IMPORTERS = {PACKAGE, f"{PACKAGE}.loading", f"{PACKAGE}.worker", f"{PACKAGE}.admin",
-                    f"{PACKAGE}.__main__"}
+FACADE_IMPORTERS = {PACKAGE, f"{PACKAGE}.builder", f"{PACKAGE}.loading", f"{PACKAGE}.worker",
+                    f"{PACKAGE}.admin", f"{PACKAGE}.__main__"}
 
 
 def module_files() -> dict[str, Path]:

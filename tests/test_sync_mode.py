@@ -124,7 +124,8 @@ def test_fan_out(sync_app: Pynenc) -> None:
 
 def test_parallelize(sync_app: Pynenc) -> None:
     group = tasks_core.multiply.parallelize([(i, 3) for i in range(5)])
-    assert list(group.results) == [0, 3, 6, 9, 12]
+    assert list(group.results_in_order) == [0, 3, 6, 9, 12]
+    assert sorted(group.results) == [0, 3, 6, 9, 12]
     assert len(list(group.as_completed(timeout=1))) == 5
 
 
