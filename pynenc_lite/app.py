@@ -17,6 +17,7 @@ import logging
 import threading
 from typing import Any, Callable, Iterable, Optional, TypeVar, Union, overload
 
+from pynenc_lite import logs
 from pynenc_lite.backend.base import Backend
 from pynenc_lite.conf import PynencConfig
 from pynenc_lite.errors import InvocationNotFoundError
@@ -171,6 +172,9 @@ class Pynenc:
             with self._lock:
                 if self._runner is None:
                     self.conf.reload_if_env_changed()  # the runner reads it as it is now
+                    # pynenc prints its runners' INFO lines without any setup; so do we,
+                    # unless the program configured logging itself (see `logs`).
+                    logs.install_default_handler(self.conf.logging_level, self.conf.log_stream)
                     if self.conf.runner_cls == "ProcessRunner":
                         self._runner = ProcessRunner(self)
                     else:

@@ -58,7 +58,7 @@ PYNENC_ONLY_SETTINGS = frozenset({
     "trigger_cls", "serializer_cls", "client_data_store_cls", "arg_cache_cls",
     "trigger_task_modules", "print_arguments", "cached_status_time", "compact_log_context",
     "truncate_log_ids",
-    "log_use_colors", "log_stream", "log_format", "max_pending_seconds",
+    "log_use_colors", "log_format", "max_pending_seconds",
     "recover_pending_invocations_cron", "recover_running_invocations_cron",
     "atomic_service_interval_minutes",
     "atomic_service_spread_margin_minutes", "atomic_service_check_interval_minutes",

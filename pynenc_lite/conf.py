@@ -181,9 +181,13 @@ FIELDS: tuple[Field, ...] = (
           "Default timeout of direct_task calls and .result; None waits for ever (with the "
           "warning above).", optional=True, minimum=0.0),
     Field("logging_level", str, "INFO",
-          "Log level of `python -m pynenc_lite.worker` (and its worker processes) unless "
-          "--log-level is given; the library itself configures no logging.",
+          "Log level of `python -m pynenc_lite.worker` (unless --log-level is given), and of "
+          "the library's own output when a runner starts in a program that configured no "
+          "logging (as pynenc prints its INFO lines).",
           choices=_same("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")),
+    Field("log_stream", str, "stderr",
+          "Where that output goes: stderr or stdout (pynenc's log_stream).",
+          choices=_same("stderr", "stdout")),
     Field("result_ttl_seconds", float, 7 * 24 * 3600.0,
           "How long finished invocations and their results are kept; workers then delete "
           "them in small batches.", minimum=0.0, exclusive=True),
@@ -264,6 +268,7 @@ class PynencConfig:
     no_worker_warning_seconds: float
     result_timeout_seconds: float | None
     logging_level: str
+    log_stream: str
     result_ttl_seconds: float
     argument_print_mode: str
     truncate_arguments_length: int
