@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent / PACKAGE
 # Lowest first. A module may import modules of its own layer or of lower layers only.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundations", ("errors", "status", "serializer", "options", "cron", "importing",
-                     "compat", "conf", "tables", "toml_subset", "logs")),
+                     "compat", "config_fields", "config_reading", "conf", "tables", "toml_subset",
+                     "logs")),
     ("storage", ("backend",)),
     ("runtime", ("runtime", "waiting", "execution")),
     ("calls", ("invocation", "invoke", "task")),
