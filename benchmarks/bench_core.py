@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import datetime
 import gc
+import logging
 import os
 import sys
 import time
@@ -239,10 +240,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true",
                         help="a smaller run: 0.1 s reports, fewer calls and repeats")
+    parser.add_argument("--log-tasks", action="store_true",
+                        help="keep the library's default INFO output (two lines per task)")
     parser.add_argument("--section-timeout", type=float, default=120.0, metavar="SECONDS",
                         help="print every thread's stack and exit 1 if a section takes longer "
                              "(default 120)")
     options = parser.parse_args(argv)
+    # A program that configures its own logging, as services do: the library's default
+    # output (pynenc's INFO line per task start and finish, on stderr) would otherwise be
+    # measured too. Run with --log-tasks to see its price.
+    if not options.log_tasks:
+        logging.basicConfig(level=logging.WARNING)
     print(f"pynenc_lite core benchmark, {datetime.date.today().isoformat()}"
           f"{' (--quick)' if options.quick else ''}")
     for line in _util.machine_lines():

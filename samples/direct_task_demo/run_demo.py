@@ -29,6 +29,7 @@ for _path in (str(_REPO), str(_HERE)):
         sys.path.insert(0, _path)
 
 import json  # noqa: E402
+import logging  # noqa: E402
 import os  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
@@ -39,6 +40,11 @@ import sample_distributed  # noqa: E402
 import sample_parallel  # noqa: E402
 import tasks  # noqa: E402
 import tasks_original  # noqa: E402
+
+# The demo prints one table; the library's per-task INFO lines (printed, as pynenc prints
+# them, by a program that configures no logging) would bury it. A program that configures
+# logging, as this harness does, gets only what it asks for.
+logging.basicConfig(level=logging.WARNING)
 
 # Runs in a child process with PYNENC__DEV_MODE_FORCE_SYNC_TASKS=True in its environment:
 # sync mode exactly as a user turns it on. It reports its reports and how it was configured.
