@@ -12,7 +12,9 @@ The app is `--app TARGET` (as for the worker: module:attr, module or file.py), o
 plain `Pynenc()` configured from the environment (`PYNENC__SQLITE_DB_PATH`,
 `PYNENC__APP_ID`, `PYNENC__BROKER_URL`, ...) and pyproject.toml; `--db` and `--app-id`
 override both. Storage is reached only through the `Backend` protocol, so every command
-works the same on a local SQLite file and on a `tcp://` server.
+works the same on a local SQLite file and on a `tcp://` server. The commands that only read
+(status, inspect, list) open a local file read-only, so they work on a file this user may
+not write; requeue, cancel and purge need write access to the file and its folder.
 
 Output is aligned tables for people and `--json` for scripts. Exit codes: 0 done; 1 nothing
 found or nothing done (an unknown id, a `list` that matches nothing, a cancel of a finished
@@ -41,6 +43,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from pynenc_lite.app import Pynenc
 from pynenc_lite.backend.base import Backend, InvocationRecord
+from pynenc_lite.backend.sqlite import SQLiteBackend
 from pynenc_lite.errors import PynencError
 from pynenc_lite.loading import load_app
 from pynenc_lite.status import InvocationStatus
@@ -157,22 +160,39 @@ def load_target(args: argparse.Namespace) -> Pynenc:
     return app
 
 
-def open_backend(app: Pynenc) -> Backend:
-    """`app.backend`, refusing to create a new, empty SQLite file by accident.
+def open_backend(app: Pynenc, *, write: bool = False) -> Backend:
+    """The app's backend, refusing to create a new, empty SQLite file by accident.
+
+    A local SQLite file is opened read-only unless the command writes (`write=True`), so
+    status, inspect and list work on a file this user may read but not change (another
+    user's, an immutable one, one on a read-only mount). The commands that write get the
+    app's ordinary backend; if the file cannot be written, its first write fails with one
+    line naming the file and what to fix.
 
     Raises:
         CommandError: the SQLite file does not exist.
     """
     conf = app.conf
-    if not conf.broker_url:
-        # Same default as Pynenc._make_backend: a typo in --db must not look like an empty queue.
-        path = app.sqlite_db_path
-        if not os.path.exists(path):
-            raise CommandError(
-                f"no database at {os.path.abspath(path)} (app {app.app_id!r}); pass --db PATH "
-                "or --app TARGET, or set PYNENC__SQLITE_DB_PATH / PYNENC__BROKER_URL"
-            )
-    return app.backend
+    if conf.broker_url:
+        return app.backend
+    # Same default as Pynenc._make_backend: a typo in --db must not look like an empty queue.
+    path = app.sqlite_db_path
+    if not os.path.exists(path):
+        raise CommandError(
+            f"no database at {os.path.abspath(path)} (app {app.app_id!r}); pass --db PATH "
+            "or --app TARGET, or set PYNENC__SQLITE_DB_PATH / PYNENC__BROKER_URL"
+        )
+    if write:
+        return app.backend
+    backend = SQLiteBackend(
+        path,
+        busy_timeout_seconds=conf.sqlite_busy_timeout_seconds,
+        poll_min_seconds=conf.poll_min_seconds,
+        poll_max_seconds=conf.poll_max_seconds,
+        read_only=True,
+    )
+    app.runtime.backend = backend  # closed by app.close(), like the one it replaces
+    return backend
 
 
 # -- commands --------------------------------------------------------------------------------
@@ -314,7 +334,7 @@ def cmd_requeue(app: Pynenc, args: argparse.Namespace) -> int:
     chosen = sum([bool(args.ids), args.task is not None, args.all_failed])
     if chosen != 1:
         raise CommandError("give exactly one of: invocation ids, --task NAME, --all-failed")
-    backend = open_backend(app)
+    backend = open_backend(app, write=True)
     count = backend.requeue(
         app.app_id, invocation_ids=args.ids or None, task_name=args.task, now=time.time()
     )
@@ -329,7 +349,7 @@ def cmd_requeue(app: Pynenc, args: argparse.Namespace) -> int:
 
 def cmd_cancel(app: Pynenc, args: argparse.Namespace) -> int:
     """`cancel ID`: cancel unless finished; 1 if finished or unknown."""
-    backend = open_backend(app)
+    backend = open_backend(app, write=True)
     if backend.cancel(args.id, time.time()):
         _emit(args, {"invocation_id": args.id, "cancelled": True, "status": "CANCELLED"},
               f"cancelled {args.id}")
@@ -349,7 +369,7 @@ def cmd_purge(app: Pynenc, args: argparse.Namespace) -> int:
             f"purge deletes every invocation, result, history, worker and cron record of app "
             f"{app.app_id!r}; add --yes to confirm"
         )
-    deleted = open_backend(app).purge(app.app_id)
+    deleted = open_backend(app, write=True).purge(app.app_id)
     _emit(args, {"app_id": app.app_id, "deleted": deleted},
           f"deleted {deleted} invocation(s) of app {app.app_id!r}")
     return EXIT_OK

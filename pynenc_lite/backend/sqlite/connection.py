@@ -11,6 +11,13 @@ Decisions, each for a reason:
   instead of SQLite's busy handler (which sleeps in whole milliseconds); other processes are
   waited for with short, growing sleeps up to `busy_timeout_seconds`.
 - The file is created with mode 0600: its payloads are pickles, and loading a pickle runs code.
+- `read_only=True` opens with SQLite's `mode=ro` and writes nothing at all (no schema, no
+  pragmas, no journal mode), so a file this process may only read (another user's, an
+  immutable one, one on a read-only mount) can still be inspected; a write is refused with a
+  clear error. A WAL file that nobody has open has no -shm file, and one that cannot be created
+  (a folder we may not write) stops even a `mode=ro` open: then it is opened `immutable=1`,
+  a snapshot that assumes no writer (true of a read-only mount or an immutable file; for
+  another user's file, a writer starting meanwhile may be missed or make a read fail).
 
 What it deliberately does not: hold any SQL about invocations (`claims.py`, `operations.py`),
 or tell other processes about a commit (`feed.py`; the backend nudges after `write`).
@@ -23,6 +30,7 @@ import random
 import sqlite3
 import threading
 import time
+import urllib.parse
 import weakref
 from typing import Any, Callable, Optional, Sequence, TypeVar
 
@@ -43,6 +51,22 @@ def is_busy(exc: sqlite3.OperationalError) -> bool:
     return "locked" in text or "busy" in text
 
 
+def is_read_only(exc: BaseException) -> bool:
+    """True when SQLite refused a write because the file (or its folder, for the -wal and
+    -shm files, or its filesystem) is read-only for this process."""
+    return isinstance(exc, sqlite3.OperationalError) and "readonly" in str(exc).lower()
+
+
+def read_only_message(path: str, exc: BaseException) -> str:
+    """One line saying that `path` cannot be written here, and what to do about it."""
+    return (
+        f"cannot write to {path} ({exc}): this process (uid {os.getuid()}) may read it but "
+        "not change it or its folder (where SQLite adds -wal and -shm files). Run as a user "
+        "who may write both, or fix what stops writes: the owner and mode of the file or "
+        "folder, an immutable file (chattr -i), a read-only mount"
+    )
+
+
 def _close_all(connections: list[tuple[threading.Thread, sqlite3.Connection]]) -> None:
     """Close and forget every connection in the list (best effort, idempotent)."""
     while connections:
@@ -56,10 +80,13 @@ def _close_all(connections: list[tuple[threading.Thread, sqlite3.Connection]]) -
 class Database:
     """The connections of this process's threads to one SQLite file. Thread-safe."""
 
-    def __init__(self, path: str, *, synchronous: str, busy_timeout_seconds: float) -> None:
+    def __init__(
+        self, path: str, *, synchronous: str, busy_timeout_seconds: float, read_only: bool = False
+    ) -> None:
         self.path = path
         self.synchronous = synchronous
         self.busy_timeout_seconds = busy_timeout_seconds
+        self.read_only = read_only
         # This thread's connection and the pid that opened it (`conn`, `pid`).
         self._local = threading.local()
         # Serializes this process's write transactions, so its threads wait on each other
@@ -112,6 +139,8 @@ class Database:
         self._connections[:] = alive  # in place: the finalizer holds this list
 
     def _open(self) -> sqlite3.Connection:
+        if self.read_only:
+            return self._open_read_only()
         try:
             if not os.path.exists(self.path):
                 # Create it private before SQLite does: payloads are pickles. SQLite gives
@@ -120,20 +149,28 @@ class Database:
             conn = sqlite3.connect(
                 self.path, timeout=0, isolation_level=None, check_same_thread=False
             )
-            # Busy while another process sets the file up (schema, WAL switch): wait.
-            self.retry_busy(lambda: conn.execute(f"PRAGMA synchronous={self.synchronous}"))
-            # Checkpoints are done by maintain() from the watcher thread; a commit copies the
-            # WAL back itself only as a safety net when nobody has for a long while (the
-            # default, 1,000 pages, made every ~80th call pay a 4 ms checkpoint).
-            conn.execute(f"PRAGMA wal_autocheckpoint={_AUTOCHECKPOINT_PAGES}")
-            # After a checkpoint empties it, the WAL file is cut back to this size.
-            conn.execute(f"PRAGMA journal_size_limit={_WAL_SIZE_LIMIT_BYTES}")
         except (OSError, sqlite3.Error) as exc:
             raise BackendError(
                 f"cannot open the SQLite database at {self.path!r}: {exc}. Check that its "
                 "folder exists and is writable, or point sqlite_db_path "
                 "(PYNENC__SQLITE_DB_PATH) somewhere that is."
             ) from exc
+        try:
+            # Busy while another process sets the file up (schema, WAL switch): wait.
+            self.retry_busy(lambda: conn.execute(f"PRAGMA synchronous={self.synchronous}"))
+            # Checkpoints are done by maintain() from the watcher thread; a commit copies the
+            # WAL back itself only as a safety net when nobody has for a long while (the
+            # default, 1,000 pages, made every ~80th call pay a 4 ms checkpoint).
+            self.retry_busy(
+                lambda: conn.execute(f"PRAGMA wal_autocheckpoint={_AUTOCHECKPOINT_PAGES}")
+            )
+            # After a checkpoint empties it, the WAL file is cut back to this size.
+            self.retry_busy(
+                lambda: conn.execute(f"PRAGMA journal_size_limit={_WAL_SIZE_LIMIT_BYTES}")
+            )
+        except BaseException:
+            conn.close()
+            raise
         with self._setup_lock:
             self._close_orphans()
             self._connections.append((threading.current_thread(), conn))
@@ -143,6 +180,48 @@ class Database:
                 self.write(lambda c: schema.create(c, self.path), conn)
                 self._schema_ready_pid = os.getpid()
         return conn
+
+    def _open_read_only(self) -> sqlite3.Connection:
+        """A connection that cannot write, after checking the schema version (once per
+        process). Sets no pragma: those that matter only concern writes."""
+        uri = "file:" + urllib.parse.quote(self.path) + "?mode=ro"
+        conn = self._connect_uri(uri)
+        try:
+            try:
+                self.retry_busy(lambda: conn.execute("SELECT 1 FROM sqlite_master").fetchone())
+            except BackendError as exc:
+                # A WAL file nobody has open, in a folder we may not write: SQLite cannot
+                # make its -shm file, so not even a read-only open works. Nobody can be
+                # writing it now (every connection to a WAL file keeps its -shm).
+                if exc.__cause__ is None or not is_read_only(exc.__cause__):
+                    raise
+                if os.path.exists(self.path + "-shm"):
+                    raise
+                conn.close()
+                conn = self._connect_uri(uri + "&immutable=1")
+            with self._setup_lock:
+                if self._closed:
+                    raise BackendError(f"the backend for {self.path} was closed; make a new one")
+                if self._schema_ready_pid != os.getpid():
+                    self.retry_busy(lambda: schema.check(conn, self.path))
+                    self._schema_ready_pid = os.getpid()
+                self._close_orphans()
+                self._connections.append((threading.current_thread(), conn))
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _connect_uri(self, uri: str) -> sqlite3.Connection:
+        try:
+            return sqlite3.connect(
+                uri, uri=True, timeout=0, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise BackendError(
+                f"cannot open the SQLite database at {self.path!r} to read it: {exc}. Check "
+                "that the file exists and that this process may read it."
+            ) from exc
 
     def close(self) -> None:
         """Close every connection; any later use raises BackendError (idempotent)."""
@@ -165,6 +244,8 @@ class Database:
             try:
                 return action()
             except sqlite3.OperationalError as exc:
+                if is_read_only(exc):
+                    raise BackendError(read_only_message(self.path, exc)) from exc
                 if not is_busy(exc):
                     raise BackendError(f"SQLite error on {self.path}: {exc}") from exc
                 if time.monotonic() >= deadline:
@@ -187,6 +268,11 @@ class Database:
         Raises:
             BackendError: a SQLite error (nothing of the transaction is stored).
         """
+        if self.read_only:
+            raise BackendError(
+                f"{self.path} was opened read-only (for inspection), and this operation "
+                "writes; open it without read_only to change it"
+            )
         conn = conn if conn is not None else self.conn()
         with self._write_lock:
             self.retry_busy(lambda: conn.execute("BEGIN IMMEDIATE"))
@@ -196,6 +282,8 @@ class Database:
             except BaseException as exc:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
+                if is_read_only(exc):
+                    raise BackendError(read_only_message(self.path, exc)) from exc
                 if isinstance(exc, sqlite3.Error):
                     raise BackendError(
                         f"a write to {self.path} failed and was rolled back (nothing of it "

@@ -110,8 +110,8 @@ class ChangeFeed:
     def _own_listener(self) -> Optional[wakeup.Listener]:
         """This thread's nudge listener, made and named in the database on first use; None
         where nudges are not available or another thread already waits with it."""
-        if not wakeup.AVAILABLE:
-            return None
+        if not wakeup.AVAILABLE or self._db.read_only:
+            return None  # a read-only open cannot name a listener in the database
         me = (os.getpid(), threading.get_ident())
         owner = self._listener_owner
         if self._listener is not None and owner is not None:
@@ -137,6 +137,8 @@ class ChangeFeed:
     def maintain(self) -> None:
         """Checkpoint the WAL, PASSIVE: copies what no reader still needs, never waits for a
         lock, never blocks writers. Runs on this thread's own connection."""
+        if self._db.read_only:
+            return  # nothing to copy that this process wrote; a checkpoint writes
         conn = self._db.conn()
         try:
             busy, wal_pages, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()

@@ -1,8 +1,8 @@
 """The tables of the SQLite file, and the check that a file has the layout this code reads.
 
 What it holds: the schema text (tables and the indexes the hot queries need), its version,
-and `create`, which checks that version before anything touches the schema and then creates
-what is missing.
+`create`, which checks that version before anything touches the schema and then creates
+what is missing, and `check`, the same version check without writing (for read-only opens).
 
 What it deliberately does not: open files, set pragmas or run transactions (`connection.py`
 runs `create` once per process, inside a write transaction), or read and write rows (the
@@ -110,11 +110,37 @@ def create(c: sqlite3.Connection, path: str) -> None:
     if row is None:
         c.execute("INSERT INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
     elif row[0] != SCHEMA_VERSION:
-        raise BackendError(
-            f"{path} was written with schema version {row[0]}, this pynenc_lite uses "
-            f"{SCHEMA_VERSION}; use a new sqlite_db_path or the matching pynenc_lite version."
-        )
+        raise _version_error(path, row[0])
     # Statement by statement: executescript() would commit the caller's transaction first.
     for statement in _SCHEMA.split(";\n"):
         if statement.strip():
             c.execute(statement)
+
+
+def check(c: sqlite3.Connection, path: str) -> None:
+    """Check, writing nothing, that the file holds tables this code can read (for a
+    read-only open: `create` would have to write).
+
+    Raises:
+        BackendError: no pynenc_lite tables in the file, or another schema version.
+    """
+    found = c.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+    ).fetchone()
+    row = None
+    if found is not None:
+        row = c.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+    if row is None:
+        raise BackendError(
+            f"{path} holds no pynenc_lite tables (it is another program's database, or no "
+            "pynenc_lite process ever opened it to write); check the path"
+        )
+    if row[0] != SCHEMA_VERSION:
+        raise _version_error(path, row[0])
+
+
+def _version_error(path: str, found: str) -> BackendError:
+    return BackendError(
+        f"{path} was written with schema version {found}, this pynenc_lite uses "
+        f"{SCHEMA_VERSION}; use a new sqlite_db_path or the matching pynenc_lite version."
+    )
