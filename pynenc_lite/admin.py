@@ -37,6 +37,7 @@ import json
 import logging
 import os
 import pickle
+import shlex
 import sys
 import time
 from typing import Any, Callable, Optional, Sequence
@@ -203,6 +204,7 @@ def cmd_status(app: Pynenc, args: argparse.Namespace) -> int:
     backend = open_backend(app)
     now = time.time()
     stats = backend.get_stats(app.app_id, now)
+    apps_in_storage = backend.count_invocations_by_app()
     stale_after = STALE_HEARTBEATS * app.conf.heartbeat_interval_seconds
     counts = {status: stats.counts_by_status.get(status, 0) for status in STATUSES}
     counts.update(stats.counts_by_status)
@@ -227,6 +229,7 @@ def cmd_status(app: Pynenc, args: argparse.Namespace) -> int:
         "throughput_per_second": round(stats.finished_last_minute / 60.0, 3),
         "stale_after_seconds": stale_after,
         "workers": workers,
+        "apps_in_storage": apps_in_storage,
     }
     status_rows: list[list[object]] = [[s, n] for s, n in counts.items()]
     task_rows: list[list[object]] = [
@@ -244,7 +247,8 @@ def cmd_status(app: Pynenc, args: argparse.Namespace) -> int:
     text = "\n\n".join([
         f"app {stats.app_id!r} on {backend!r}",
         format_table(["status", "count"], [*status_rows, ["total", data["total"]]]),
-        format_table(["task", *STATUSES, "total"], task_rows) if task_rows else "no invocations",
+        format_table(["task", *STATUSES, "total"], task_rows) if task_rows
+        else _no_invocations(stats.app_id, apps_in_storage),
         f"oldest waiting work: {waiting}\nfinished in the last minute: "
         f"{stats.finished_last_minute} ({data['throughput_per_second']}/s)",
         f"workers: {len(workers)} (stale = no heartbeat for more than {stale_after:g}s)"
@@ -253,6 +257,20 @@ def cmd_status(app: Pynenc, args: argparse.Namespace) -> int:
     ])
     _emit(args, data, text)
     return EXIT_OK
+
+
+def _no_invocations(app_id: str, apps_in_storage: dict[str, int]) -> str:
+    """What `status` says for an app with nothing stored: which apps the storage does hold
+    (a file shared by several apps, or --app-id left out), and how to pick one."""
+    if not apps_in_storage:
+        return "no invocations (none of any app in this storage)"
+    rows: list[list[object]] = [[name, count] for name, count in apps_in_storage.items()]
+    example = shlex.quote(next(iter(apps_in_storage)))
+    return (
+        f"no invocations of app {app_id!r}; this storage holds invocations of these apps:\n"
+        + format_table(["app id", "invocations"], rows)
+        + f"\npass --app-id to look at one (e.g. --app-id {example}), or --app TARGET"
+    )
 
 
 def cmd_inspect(app: Pynenc, args: argparse.Namespace) -> int:

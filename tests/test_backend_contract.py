@@ -427,6 +427,17 @@ def test_get_finished_since_returns_newly_finished_ids_in_order(backend: Backend
     assert ids == ["d"] and newer > newest
 
 
+def test_count_invocations_by_app_names_every_app_stored(backend: Backend) -> None:
+    """For `status` on a file shared by several apps (issue 10.12)."""
+    assert backend.count_invocations_by_app() == {}
+    backend.submit([new("a1"), new("a2"), new("b1", app_id=OTHER_APP)])
+    claim(backend, limit=1)
+    assert backend.complete_many([success("a1")], "w1", T0 + 1) == [True]
+    assert backend.count_invocations_by_app() == {APP: 2, OTHER_APP: 1}
+    backend.purge(APP)
+    assert backend.count_invocations_by_app() == {OTHER_APP: 1}
+
+
 def test_is_runnable_oracle(backend: Backend) -> None:
     assert not is_runnable(backend, APP, T0)
     backend.submit([new("a")])

@@ -303,6 +303,12 @@ class Backend(abc.ABC):
         """Counts by status and task, the oldest waiting work, workers, recent throughput."""
 
     @abc.abstractmethod
+    def count_invocations_by_app(self) -> dict[str, int]:
+        """How many invocations each app has stored, for every app in this storage (apps
+        with none are left out): several apps may share one file or server, and an operator
+        who asks about the wrong one should be told which ones are there."""
+
+    @abc.abstractmethod
     def requeue(
         self,
         app_id: str,

@@ -210,6 +210,9 @@ class SQLiteBackend(Backend):
     def get_stats(self, app_id: str, now: float) -> AppStats:
         return self._db.read_snapshot(lambda c: operations.get_stats(c, app_id, now))
 
+    def count_invocations_by_app(self) -> dict[str, int]:
+        return self._db.read(operations.count_invocations_by_app)
+
     def requeue(
         self,
         app_id: str,

@@ -277,6 +277,12 @@ def get_stats(c: sqlite3.Connection, app_id: str, now: float) -> AppStats:
     return AppStats(app_id, by_status, by_task, oldest, workers, int(recent))
 
 
+def count_invocations_by_app(c: sqlite3.Connection) -> dict[str, int]:
+    """How many invocations each app has stored (a full scan: for the admin, not a hot path)."""
+    rows = c.execute("SELECT app_id, COUNT(*) FROM invocations GROUP BY app_id ORDER BY app_id")
+    return {app_id: int(count) for app_id, count in rows}
+
+
 def requeue(
     c: sqlite3.Connection,
     app_id: str,
