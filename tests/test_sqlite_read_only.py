@@ -134,13 +134,15 @@ def _nobody_uid() -> int:
         pytest.skip("no 'nobody' user here")
 
 
-# Imports everything first: after setuid, nobody may not read this interpreter's own files.
+# Imports everything first (and builds the parser once: argparse imports gettext's `locale`
+# lazily): after setuid, nobody may not read this interpreter's own files.
 _AS_NOBODY = textwrap.dedent(
     """
-    import os, sys
+    import os, sys, locale
     sys.path.insert(0, {root!r})
     from pynenc_lite import admin
     import pynenc_lite.backend.sqlite, pynenc_lite.backend.sqlite.backend
+    admin.build_parser().format_help()
     os.setgid({uid}); os.setuid({uid})
     assert os.getuid() == {uid}
     with open({db!r}, "rb") as readable:
