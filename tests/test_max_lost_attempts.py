@@ -173,6 +173,15 @@ def make_version_2_file(path: Path) -> None:
     conn.close()
 
 
+def stored(path: Path, sql: str) -> list[tuple[object, ...]]:
+    """The rows of one query, read past the backend."""
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
 def test_a_version_2_file_is_upgraded_in_place(tmp_path: Path) -> None:
     path = tmp_path / "v2.sqlite3"
     make_version_2_file(path)
@@ -193,14 +202,9 @@ def test_a_version_2_file_is_upgraded_in_place(tmp_path: Path) -> None:
         assert lost is not None and lost.lost_attempts == 3
     finally:
         backend.close()
-    conn = sqlite3.connect(path)
-    try:
-        version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        assert version == (schema.SCHEMA_VERSION,)
-        caps = conn.execute("SELECT DISTINCT max_lost_attempts FROM invocations").fetchall()
-        assert caps == [(None,)]  # old rows follow the runner's setting
-    finally:
-        conn.close()
+    assert stored(path, "SELECT value FROM meta WHERE key = 'schema_version'") == [("3",)]
+    caps = stored(path, "SELECT DISTINCT max_lost_attempts FROM invocations")
+    assert caps == [(None,)]  # old rows follow the runner's setting
     assert schema.SCHEMA_VERSION == "3"
 
 
@@ -214,9 +218,4 @@ def test_a_version_2_file_opened_read_only_is_read_without_upgrading(tmp_path: P
         assert record is not None and record.lost_attempts == 2
     finally:
         backend.close()
-    conn = sqlite3.connect(path)
-    try:
-        version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        assert version == ("2",)
-    finally:
-        conn.close()
+    assert stored(path, "SELECT value FROM meta WHERE key = 'schema_version'") == [("2",)]
