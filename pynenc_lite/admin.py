@@ -12,7 +12,9 @@ The app is `--app TARGET` (as for the worker: module:attr, module or file.py), o
 plain `Pynenc()` configured from the environment (`PYNENC__SQLITE_DB_PATH`,
 `PYNENC__APP_ID`, `PYNENC__BROKER_URL`, ...) and pyproject.toml; `--db` and `--app-id`
 override both. Storage is reached only through the `Backend` protocol, so every command
-works the same on a local SQLite file and on a `tcp://` server.
+works the same on a local SQLite file and on a `tcp://` server. The commands that only read
+(status, inspect, list) open a local file read-only, so they work on a file this user may
+not write; requeue, cancel and purge need write access to the file and its folder.
 
 Output is aligned tables for people and `--json` for scripts. Exit codes: 0 done; 1 nothing
 found or nothing done (an unknown id, a `list` that matches nothing, a cancel of a finished
@@ -35,12 +37,14 @@ import json
 import logging
 import os
 import pickle
+import shlex
 import sys
 import time
 from typing import Any, Callable, Optional, Sequence
 
 from pynenc_lite.app import Pynenc
 from pynenc_lite.backend.base import Backend, InvocationRecord
+from pynenc_lite.backend.sqlite import SQLiteBackend
 from pynenc_lite.errors import PynencError
 from pynenc_lite.loading import load_app
 from pynenc_lite.status import InvocationStatus
@@ -157,22 +161,39 @@ def load_target(args: argparse.Namespace) -> Pynenc:
     return app
 
 
-def open_backend(app: Pynenc) -> Backend:
-    """`app.backend`, refusing to create a new, empty SQLite file by accident.
+def open_backend(app: Pynenc, *, write: bool = False) -> Backend:
+    """The app's backend, refusing to create a new, empty SQLite file by accident.
+
+    A local SQLite file is opened read-only unless the command writes (`write=True`), so
+    status, inspect and list work on a file this user may read but not change (another
+    user's, an immutable one, one on a read-only mount). The commands that write get the
+    app's ordinary backend; if the file cannot be written, its first write fails with one
+    line naming the file and what to fix.
 
     Raises:
         CommandError: the SQLite file does not exist.
     """
     conf = app.conf
-    if not conf.broker_url:
-        # Same default as Pynenc._make_backend: a typo in --db must not look like an empty queue.
-        path = app.sqlite_db_path
-        if not os.path.exists(path):
-            raise CommandError(
-                f"no database at {os.path.abspath(path)} (app {app.app_id!r}); pass --db PATH "
-                "or --app TARGET, or set PYNENC__SQLITE_DB_PATH / PYNENC__BROKER_URL"
-            )
-    return app.backend
+    if conf.broker_url:
+        return app.backend
+    # Same default as Pynenc._make_backend: a typo in --db must not look like an empty queue.
+    path = app.sqlite_db_path
+    if not os.path.exists(path):
+        raise CommandError(
+            f"no database at {os.path.abspath(path)} (app {app.app_id!r}); pass --db PATH "
+            "or --app TARGET, or set PYNENC__SQLITE_DB_PATH / PYNENC__BROKER_URL"
+        )
+    if write:
+        return app.backend
+    backend = SQLiteBackend(
+        path,
+        busy_timeout_seconds=conf.sqlite_busy_timeout_seconds,
+        poll_min_seconds=conf.poll_min_seconds,
+        poll_max_seconds=conf.poll_max_seconds,
+        read_only=True,
+    )
+    app.runtime.backend = backend  # closed by app.close(), like the one it replaces
+    return backend
 
 
 # -- commands --------------------------------------------------------------------------------
@@ -183,6 +204,7 @@ def cmd_status(app: Pynenc, args: argparse.Namespace) -> int:
     backend = open_backend(app)
     now = time.time()
     stats = backend.get_stats(app.app_id, now)
+    apps_in_storage = backend.count_invocations_by_app()
     stale_after = STALE_HEARTBEATS * app.conf.heartbeat_interval_seconds
     counts = {status: stats.counts_by_status.get(status, 0) for status in STATUSES}
     counts.update(stats.counts_by_status)
@@ -207,6 +229,7 @@ def cmd_status(app: Pynenc, args: argparse.Namespace) -> int:
         "throughput_per_second": round(stats.finished_last_minute / 60.0, 3),
         "stale_after_seconds": stale_after,
         "workers": workers,
+        "apps_in_storage": apps_in_storage,
     }
     status_rows: list[list[object]] = [[s, n] for s, n in counts.items()]
     task_rows: list[list[object]] = [
@@ -224,7 +247,8 @@ def cmd_status(app: Pynenc, args: argparse.Namespace) -> int:
     text = "\n\n".join([
         f"app {stats.app_id!r} on {backend!r}",
         format_table(["status", "count"], [*status_rows, ["total", data["total"]]]),
-        format_table(["task", *STATUSES, "total"], task_rows) if task_rows else "no invocations",
+        format_table(["task", *STATUSES, "total"], task_rows) if task_rows
+        else _no_invocations(stats.app_id, apps_in_storage),
         f"oldest waiting work: {waiting}\nfinished in the last minute: "
         f"{stats.finished_last_minute} ({data['throughput_per_second']}/s)",
         f"workers: {len(workers)} (stale = no heartbeat for more than {stale_after:g}s)"
@@ -233,6 +257,20 @@ def cmd_status(app: Pynenc, args: argparse.Namespace) -> int:
     ])
     _emit(args, data, text)
     return EXIT_OK
+
+
+def _no_invocations(app_id: str, apps_in_storage: dict[str, int]) -> str:
+    """What `status` says for an app with nothing stored: which apps the storage does hold
+    (a file shared by several apps, or --app-id left out), and how to pick one."""
+    if not apps_in_storage:
+        return "no invocations (none of any app in this storage)"
+    rows: list[list[object]] = [[name, count] for name, count in apps_in_storage.items()]
+    example = shlex.quote(next(iter(apps_in_storage)))
+    return (
+        f"no invocations of app {app_id!r}; this storage holds invocations of these apps:\n"
+        + format_table(["app id", "invocations"], rows)
+        + f"\npass --app-id to look at one (e.g. --app-id {example}), or --app TARGET"
+    )
 
 
 def cmd_inspect(app: Pynenc, args: argparse.Namespace) -> int:
@@ -314,7 +352,7 @@ def cmd_requeue(app: Pynenc, args: argparse.Namespace) -> int:
     chosen = sum([bool(args.ids), args.task is not None, args.all_failed])
     if chosen != 1:
         raise CommandError("give exactly one of: invocation ids, --task NAME, --all-failed")
-    backend = open_backend(app)
+    backend = open_backend(app, write=True)
     count = backend.requeue(
         app.app_id, invocation_ids=args.ids or None, task_name=args.task, now=time.time()
     )
@@ -329,7 +367,7 @@ def cmd_requeue(app: Pynenc, args: argparse.Namespace) -> int:
 
 def cmd_cancel(app: Pynenc, args: argparse.Namespace) -> int:
     """`cancel ID`: cancel unless finished; 1 if finished or unknown."""
-    backend = open_backend(app)
+    backend = open_backend(app, write=True)
     if backend.cancel(args.id, time.time()):
         _emit(args, {"invocation_id": args.id, "cancelled": True, "status": "CANCELLED"},
               f"cancelled {args.id}")
@@ -349,7 +387,7 @@ def cmd_purge(app: Pynenc, args: argparse.Namespace) -> int:
             f"purge deletes every invocation, result, history, worker and cron record of app "
             f"{app.app_id!r}; add --yes to confirm"
         )
-    deleted = open_backend(app).purge(app.app_id)
+    deleted = open_backend(app, write=True).purge(app.app_id)
     _emit(args, {"app_id": app.app_id, "deleted": deleted},
           f"deleted {deleted} invocation(s) of app {app.app_id!r}")
     return EXIT_OK

@@ -108,4 +108,5 @@ def _new_invocation(
         registration_key,
         running_key,
         options.running_concurrency_limit,
+        options.max_lost_attempts,
     )

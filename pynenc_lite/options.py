@@ -9,6 +9,9 @@ at decoration time, and the retry policy they define.
     retry_max_delay_seconds  fraction), so many failing tasks do not retry in lock-step
     retry_jitter
     time_limit_seconds       fail the invocation (TaskTimeLimitError) when it runs longer
+    max_lost_attempts        how many times its worker may vanish while running it before
+                             it FAILS with WorkerLostError (default None: the app's
+                             max_lost_attempts setting); stored with each invocation
     cron                     a 5-field cron expression: the runners call the task on it
     registration_concurrency a call matching an invocation still waiting to run returns
                              that invocation instead of queueing another
@@ -63,6 +66,7 @@ class TaskOptions:
     retry_max_delay_seconds: float = 300.0
     retry_jitter: float = 0.1
     time_limit_seconds: Optional[float] = None
+    max_lost_attempts: Optional[int] = None
     cron: Optional[str] = None
     registration_concurrency: ConcurrencyControlType = ConcurrencyControlType.DISABLED
     running_concurrency: ConcurrencyControlType = ConcurrencyControlType.DISABLED
@@ -127,6 +131,9 @@ class TaskOptions:
             isinstance(self.time_limit_seconds, (int, float)) and self.time_limit_seconds > 0
         ):
             raise bad("time_limit_seconds", "None or a number of seconds > 0")
+        lost = self.max_lost_attempts
+        if lost is not None and (type(lost) is not int or lost < 1):
+            raise bad("max_lost_attempts", "None or a whole number >= 1")
         for spec in self.retry_for:
             if isinstance(spec, str):
                 continue  # a dotted name, resolved when first needed (it may import late)

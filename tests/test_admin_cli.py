@@ -344,6 +344,20 @@ def test_without_app_the_environment_selects_the_database(filled: Filled) -> Non
     assert cli_json("--json", "--db", str(filled.db), "--app-id", "nobody", "status")["total"] == 0
 
 
+def test_status_of_an_app_with_nothing_names_the_apps_in_the_file(filled: Filled) -> None:
+    """`status --db FILE` without --app looks at app 'pynenc'; the file holds another app's
+    work, so it says which apps are there and how to pick one (issue 10.12)."""
+    done = cli("status", "--db", str(filled.db))
+    assert done.returncode == 0, done.stderr
+    assert "app 'pynenc'" in done.stdout
+    assert line(done.stdout, APP, 4), done.stdout
+    assert f"--app-id {APP}" in done.stdout, done.stdout
+    data = cli_json("status", "--db", str(filled.db))
+    assert data["total"] == 0 and data["apps_in_storage"] == {APP: 4}
+    # An app with invocations of its own is shown as before, with the others listed.
+    assert cli_json(*filled.args("status"))["apps_in_storage"] == {APP: 4}
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -77,6 +77,7 @@ def new(
     args: Optional[bytes] = None,
     run_at: float = T0,
     created_at: float = T0,
+    max_lost_attempts: Optional[int] = None,
 ) -> NewInvocation:
     return NewInvocation(
         invocation_id,
@@ -85,6 +86,7 @@ def new(
         args if args is not None else f"args of {invocation_id}".encode(),
         run_at,
         created_at,
+        max_lost_attempts=max_lost_attempts,
     )
 
 
@@ -331,6 +333,30 @@ def test_max_lost_attempts_one_fails_at_the_first_loss(backend: Backend) -> None
     assert status_of(backend, "a") is S.FAILED
 
 
+def test_an_invocations_own_max_lost_attempts_beats_the_runners(backend: Backend) -> None:
+    """A task option (issue 17.7): `tolerant` may be lost 4 times whatever the runner's
+    setting, `strict` once; `plain` (no cap of its own) follows the runner's 2."""
+    backend.submit([
+        new("tolerant", max_lost_attempts=4),
+        new("strict", max_lost_attempts=1),
+        new("plain"),
+    ])
+    now = T0
+    assert sorted(claim(backend, "w0", now=now, max_lost_attempts=2)) == [
+        "plain", "strict", "tolerant"
+    ]
+    survivors = []
+    for loss in range(1, 5):  # every worker vanishes: its lease runs out
+        now += LEASE + 1
+        survivors.append(sorted(claim(backend, f"w{loss}", now=now, max_lost_attempts=2)))
+    assert survivors == [["plain", "tolerant"], ["tolerant"], ["tolerant"], []]
+    for invocation_id, lost in (("strict", 1), ("plain", 2), ("tolerant", 4)):
+        record = backend.get_invocation(invocation_id)
+        assert record is not None and record.status is S.FAILED, invocation_id
+        assert record.lost_attempts == lost, invocation_id
+        assert record.error is not None and f"vanished {lost} time(s)" in record.error
+
+
 def test_heartbeat_extends_leases(backend: Backend) -> None:
     backend.submit([new("a")])
     claim(backend, "w1", now=T0)
@@ -425,6 +451,17 @@ def test_get_finished_since_returns_newly_finished_ids_in_order(backend: Backend
     backend.complete_many([success("d")], "w1", T0 + 5)[0]
     newer, ids = backend.get_finished_since(newest)
     assert ids == ["d"] and newer > newest
+
+
+def test_count_invocations_by_app_names_every_app_stored(backend: Backend) -> None:
+    """For `status` on a file shared by several apps (issue 10.12)."""
+    assert backend.count_invocations_by_app() == {}
+    backend.submit([new("a1"), new("a2"), new("b1", app_id=OTHER_APP)])
+    claim(backend, limit=1)
+    assert backend.complete_many([success("a1")], "w1", T0 + 1) == [True]
+    assert backend.count_invocations_by_app() == {APP: 2, OTHER_APP: 1}
+    backend.purge(APP)
+    assert backend.count_invocations_by_app() == {OTHER_APP: 1}
 
 
 def test_is_runnable_oracle(backend: Backend) -> None:

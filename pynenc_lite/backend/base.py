@@ -41,6 +41,9 @@ class NewInvocation:
     registration_key: Optional[str] = None
     running_key: Optional[str] = None
     running_limit: int = 1
+    # How many times its worker may vanish before it FAILS (the task's option); None: the
+    # claiming runner's `max_lost_attempts`.
+    max_lost_attempts: Optional[int] = None
 
 
 @dataclasses.dataclass
@@ -190,9 +193,10 @@ class Backend(abc.ABC):
         RUNNING (a claim is a start: runners claim only for idle threads).
 
         Runnable: REGISTERED or RETRY whose `run_at <= now`, or RUNNING whose lease expired
-        (its worker vanished). An expired one that was already lost `max_lost_attempts`
-        times is FAILED instead of being handed out again, with the error line of
-        `errors.WorkerLostError.error_line`. Nothing is ever deleted by a claim. A claim
+        (its worker vanished). An expired one that was already lost as many times as its
+        own `NewInvocation.max_lost_attempts` allows (or, where it has none, this call's
+        `max_lost_attempts`) is FAILED instead of being handed out again, with the error
+        line of `errors.WorkerLostError.error_line`. Nothing is ever deleted by a claim. A claim
         that finds nothing should be cheap (SQLite answers it with a read, no write lock).
         """
 
@@ -301,6 +305,12 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def get_stats(self, app_id: str, now: float) -> AppStats:
         """Counts by status and task, the oldest waiting work, workers, recent throughput."""
+
+    @abc.abstractmethod
+    def count_invocations_by_app(self) -> dict[str, int]:
+        """How many invocations each app has stored, for every app in this storage (apps
+        with none are left out): several apps may share one file or server, and an operator
+        who asks about the wrong one should be told which ones are there."""
 
     @abc.abstractmethod
     def requeue(

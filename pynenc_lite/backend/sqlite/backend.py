@@ -47,6 +47,10 @@ class SQLiteBackend(Backend):
         busy_timeout_seconds: how long to wait for another process's write lock.
         poll_min_seconds: the first polling interval of `wait_for_change`.
         poll_max_seconds: the longest polling interval where nudges are not available.
+        read_only: open the file read-only (SQLite `mode=ro`) and write nothing to it, not
+            even the schema: for inspecting a file this process may not write (another
+            user's, an immutable one, one on a read-only mount). Writes raise BackendError.
+            The file must exist and hold this schema version.
     """
 
     def __init__(
@@ -57,6 +61,7 @@ class SQLiteBackend(Backend):
         busy_timeout_seconds: float = 30.0,
         poll_min_seconds: float = 0.0005,
         poll_max_seconds: float = 0.1,
+        read_only: bool = False,
     ) -> None:
         if synchronous.upper() not in ("NORMAL", "FULL"):
             raise ValueError(f"synchronous must be 'NORMAL' or 'FULL', got {synchronous!r}")
@@ -65,12 +70,15 @@ class SQLiteBackend(Backend):
             self.path,
             synchronous=synchronous.upper(),
             busy_timeout_seconds=busy_timeout_seconds,
+            read_only=read_only,
         )
         self._feed = ChangeFeed(
             self._db, poll_min_seconds=poll_min_seconds, poll_max_seconds=poll_max_seconds
         )
 
     def __repr__(self) -> str:
+        if self._db.read_only:
+            return f"SQLiteBackend({self.path!r}, read_only=True)"
         return f"SQLiteBackend({self.path!r})"
 
     def close(self) -> None:
@@ -201,6 +209,9 @@ class SQLiteBackend(Backend):
 
     def get_stats(self, app_id: str, now: float) -> AppStats:
         return self._db.read_snapshot(lambda c: operations.get_stats(c, app_id, now))
+
+    def count_invocations_by_app(self) -> dict[str, int]:
+        return self._db.read(operations.count_invocations_by_app)
 
     def requeue(
         self,

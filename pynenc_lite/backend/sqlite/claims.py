@@ -24,6 +24,7 @@ What it deliberately does not: store new invocations, cancel, or read outcomes
 
 from __future__ import annotations
 
+import collections
 import heapq
 import logging
 import sqlite3
@@ -90,15 +91,16 @@ def claim(
 ) -> list[ClaimedInvocation]:
     """Lease up to `limit` runnable invocations to `worker_id`: expired leases first (or
     FAILED, when lost too often), then waiting ones, oldest first. See `Backend.claim`."""
+    # Each row's own cap (its task's option) where it has one, else this runner's.
     expired = c.execute(
-        "SELECT seq, lost_attempts FROM invocations "
+        "SELECT seq, lost_attempts, COALESCE(max_lost_attempts, ?) FROM invocations "
         "WHERE app_id = ? AND lease_expires_at < ? LIMIT ?",
-        (app_id, now, limit),
+        (max_lost_attempts, app_id, now, limit),
     ).fetchall()
-    lost_for_good = [seq for seq, lost in expired if lost + 1 >= max_lost_attempts]
+    lost_for_good = [(seq, cap) for seq, lost, cap in expired if lost + 1 >= cap]
     if lost_for_good:
-        _fail_lost(c, lost_for_good, max_lost_attempts, now)
-    recovered = [seq for seq, lost in expired if lost + 1 < max_lost_attempts]
+        _fail_lost(c, lost_for_good, now)
+    recovered = [seq for seq, lost, cap in expired if lost + 1 < cap]
     seqs = recovered + _claimable(c, app_id, now, limit - len(recovered))
     if not seqs:
         return []
@@ -174,24 +176,30 @@ def _claimable(c: sqlite3.Connection, app_id: str, now: float, limit: int) -> li
     return chosen
 
 
-def _fail_lost(c: sqlite3.Connection, seqs: list[int], max_lost_attempts: int, now: float) -> None:
-    """FAIL the expired invocations `seqs`, whose workers were lost too often."""
-    error = WorkerLostError.error_line(
-        f"the worker running this invocation vanished {max_lost_attempts} time(s) (killed, "
-        "crashed or its host stopped), so it is not tried again. If the task itself ends its "
-        "process (os._exit, a crash in C code, running out of memory), fix that; raise "
-        "max_lost_attempts to allow more tries."
+def _lost_error(cap: int) -> str:
+    return WorkerLostError.error_line(
+        f"the worker running this invocation vanished {cap} time(s) (killed, crashed or its "
+        "host stopped), so it is not tried again. If the task itself ends its process "
+        "(os._exit, a crash in C code, running out of memory), fix that; if its workers are "
+        "restarted from outside (deployments), raise the task's max_lost_attempts option "
+        "(or the app's setting) to allow more tries."
     )
-    first = take_outcome_seqs(c, len(seqs))
+
+
+def _fail_lost(c: sqlite3.Connection, rows: list[tuple[int, int]], now: float) -> None:
+    """FAIL the expired invocations `rows` (seq, cap), whose workers were lost too often."""
+    first = take_outcome_seqs(c, len(rows))
     c.executemany(
         "UPDATE invocations SET status = 'FAILED', owner = NULL, lease_expires_at = NULL, "
         "lost_attempts = lost_attempts + 1, finished_at = ?, error = ?, result = NULL, "
         "outcome_seq = ? WHERE seq = ?",
-        [(now, error, first + i, seq) for i, seq in enumerate(seqs)],
+        [(now, _lost_error(cap), first + i, seq) for i, (seq, cap) in enumerate(rows)],
     )
+    seqs = [seq for seq, _ in rows]
     ids = c.execute(f"SELECT id FROM invocations WHERE seq IN ({marks(len(seqs))})", seqs)
     log(c, [(row[0], "FAILED", now, None) for row in ids.fetchall()])
-    logger.error("%d invocation(s) failed: %s", len(seqs), error)
+    for cap, count in sorted(collections.Counter(cap for _, cap in rows).items()):
+        logger.error("%d invocation(s) failed: %s", count, _lost_error(cap))
 
 
 def check_outcomes(outcomes: Sequence[Outcome]) -> None:

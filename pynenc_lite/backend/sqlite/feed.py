@@ -54,13 +54,18 @@ class ChangeFeed:
         # (`changed_at`), kept between calls.
         self._local = threading.local()
         # The listener belongs to the one thread that waits with it; the nudger is shared.
-        # No lock guards these: the listener is set and waited on by its owner thread only
-        # (other threads read its name and owner), and the nudge state below is a cache
-        # that two racing commits at worst refresh or use twice.
+        # Guards _listener, _listener_owner, _nudger and _closed: each socket is made
+        # outside it and kept only if the feed is still open and nobody kept one first, so
+        # a socket made while another thread closes the feed is closed, never left for the
+        # garbage collector (a ResourceWarning). Never held during a database call.
+        self._lock = threading.Lock()
+        self._closed = False
         self._prefix = "pynenc-lite." + hashlib.sha1(db.path.encode()).hexdigest()[:12]
         self._listener: Optional[wakeup.Listener] = None
         self._listener_owner: Optional[tuple[int, int]] = None  # (pid, thread id)
         self._nudger: Optional[wakeup.Nudger] = None
+        # The nudge state below is a cache that two racing commits at worst refresh or use
+        # twice; no lock.
         self._peers: list[str] = []  # listener names to nudge, as last read
         self._peers_read_at = -1e9
         self._nudged_at = -1e9
@@ -69,13 +74,12 @@ class ChangeFeed:
 
     def wait_for_change(self, token: Optional[int], timeout: float) -> int:
         """See `Backend.wait_for_change`: the token is this thread's `data_version`."""
-        conn = self._db.conn()
         local = self._local
 
         def version() -> int:
-            return int(conn.execute("PRAGMA data_version").fetchone()[0])
+            return int(self._db.query("PRAGMA data_version")[0][0])
 
-        current = self._db.retry_busy(version)
+        current = version()
         if token is None:
             return current
         # The back-off carries over between calls from the same thread: a watcher that
@@ -99,7 +103,7 @@ class ChangeFeed:
             else:
                 time.sleep(min(interval, remaining))
             interval = min(interval * 1.5, ceiling)
-            current = self._db.retry_busy(version)
+            current = version()
         if current == token:
             local.poll_interval = interval
         else:
@@ -110,41 +114,69 @@ class ChangeFeed:
     def _own_listener(self) -> Optional[wakeup.Listener]:
         """This thread's nudge listener, made and named in the database on first use; None
         where nudges are not available or another thread already waits with it."""
-        if not wakeup.AVAILABLE:
-            return None
+        if not wakeup.AVAILABLE or self._db.read_only:
+            return None  # a read-only open cannot name a listener in the database
         me = (os.getpid(), threading.get_ident())
-        owner = self._listener_owner
-        if self._listener is not None and owner is not None:
-            if owner == me:
-                return self._listener
-            if owner[0] == os.getpid():
-                return None  # one listener per process: other threads poll
+        with self._lock:
+            if self._closed:
+                return None
+            owner = self._listener_owner
+            if self._listener is not None and owner is not None:
+                if owner == me:
+                    return self._listener
+                if owner[0] == os.getpid():
+                    return None  # one listener per process: other threads poll
+        listener: Optional[wakeup.Listener] = None
         try:
             listener = wakeup.Listener(self._prefix)
+            name = listener.name
             self._db.write(
                 lambda c: c.execute(
                     "INSERT OR REPLACE INTO listeners (name, pid, created_at) VALUES (?, ?, ?)",
-                    (listener.name, os.getpid(), time.time()),
+                    (name, os.getpid(), time.time()),
                 )
             )
         except (OSError, BackendError):
+            if listener is not None:
+                listener.close()
             logger.debug("no nudge listener; waiting polls instead", exc_info=True)
             return None
         self.nudge_peers()  # as after every other write transaction of the backend
-        self._listener, self._listener_owner = listener, me
+        with self._lock:
+            kept = not self._closed and not (
+                self._listener is not None
+                and self._listener_owner is not None
+                and self._listener_owner[0] == os.getpid()
+            )
+            if kept:
+                self._listener, self._listener_owner = listener, me
+        if not kept:
+            # Closed meanwhile (or another thread of this process got there first): its
+            # name stays listed until a nudge to it fails and the nudger drops it.
+            listener.close()
+            return None
         return listener
 
     def maintain(self) -> None:
         """Checkpoint the WAL, PASSIVE: copies what no reader still needs, never waits for a
         lock, never blocks writers. Runs on this thread's own connection."""
-        conn = self._db.conn()
-        try:
-            busy, wal_pages, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        except sqlite3.OperationalError as exc:
-            if is_busy(exc):
-                return  # another checkpoint is running: fine
-            raise
-        logger.debug("checkpoint of %s: WAL %s pages (busy=%s)", self._db.path, wal_pages, busy)
+        if self._db.read_only:
+            return  # nothing to copy that this process wrote; a checkpoint writes
+
+        def checkpoint(conn: sqlite3.Connection) -> Optional[tuple[int, int, int]]:
+            try:
+                row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            except sqlite3.OperationalError as exc:
+                if is_busy(exc):
+                    return None  # another checkpoint is running: fine
+                raise
+            return (int(row[0]), int(row[1]), int(row[2]))
+
+        done = self._db.read(checkpoint)
+        if done is not None:
+            logger.debug(
+                "checkpoint of %s: WAL %s pages (busy=%s)", self._db.path, done[1], done[0]
+            )
 
     # -- nudging ----------------------------------------------------------------------------
 
@@ -164,9 +196,10 @@ class ChangeFeed:
                 self._peers_read_at = now
             if not self._peers:
                 return
-            if self._nudger is None:
-                self._nudger = wakeup.Nudger()
-            gone = self._nudger.nudge(self._peers)
+            nudger = self._nudger or self._make_nudger()
+            if nudger is None:
+                return  # closed
+            gone = nudger.nudge(self._peers)
             if gone:
                 self._peers = [name for name in self._peers if name not in gone]
                 self._db.write(
@@ -178,11 +211,27 @@ class ChangeFeed:
             # Nudges only speed waiting up; polling still notices every change.
             logger.debug("nudging other processes failed", exc_info=True)
 
+    def _make_nudger(self) -> Optional[wakeup.Nudger]:
+        """The shared nudger, made now if no other thread made it first; None once closed."""
+        made = wakeup.Nudger()
+        with self._lock:
+            if not self._closed and self._nudger is None:
+                self._nudger = made
+            nudger = self._nudger
+        if nudger is not made:
+            made.close()
+        return nudger
+
     def close(self) -> None:
-        """Drop this process's listener name from the database and close the sockets."""
-        listener, self._listener = self._listener, None
-        if listener is not None and self._listener_owner is not None:
-            if self._listener_owner[0] == os.getpid():
+        """Drop this process's listener name from the database and close the sockets (a
+        thread still waiting on the listener wakes up; see `wakeup.Listener.wait`)."""
+        with self._lock:
+            self._closed = True
+            listener, owner = self._listener, self._listener_owner
+            nudger = self._nudger
+            self._listener = self._nudger = None
+        if listener is not None and owner is not None:
+            if owner[0] == os.getpid():
                 try:
                     self._db.write(
                         lambda c: c.execute(
@@ -192,6 +241,5 @@ class ChangeFeed:
                 except Exception:
                     pass  # others drop the name when a nudge to it fails
             listener.close()
-        if self._nudger is not None:
-            self._nudger.close()
-            self._nudger = None
+        if nudger is not None:
+            nudger.close()

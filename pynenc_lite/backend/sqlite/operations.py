@@ -63,10 +63,10 @@ def insert(c: sqlite3.Connection, invocations: Sequence[NewInvocation]) -> list[
                 continue
             c.execute(  # inserted one by one: a later call of the batch may match it
                 "INSERT INTO invocations (id, app_id, task_name, args, status, run_at, "
-                "created_at, registration_key, running_key, running_limit) "
-                "VALUES (?, ?, ?, ?, 'REGISTERED', ?, ?, ?, ?, ?)",
+                "created_at, registration_key, running_key, running_limit, "
+                "max_lost_attempts) VALUES (?, ?, ?, ?, 'REGISTERED', ?, ?, ?, ?, ?, ?)",
                 (i.invocation_id, i.app_id, i.task_name, i.args, i.run_at, i.created_at,
-                 i.registration_key, i.running_key, i.running_limit),
+                 i.registration_key, i.running_key, i.running_limit, i.max_lost_attempts),
             )
             ids.append(i.invocation_id)
             continue
@@ -74,10 +74,11 @@ def insert(c: sqlite3.Connection, invocations: Sequence[NewInvocation]) -> list[
         ids.append(i.invocation_id)
     c.executemany(
         "INSERT INTO invocations (id, app_id, task_name, args, status, run_at, created_at, "
-        "running_key, running_limit) VALUES (?, ?, ?, ?, 'REGISTERED', ?, ?, ?, ?)",
+        "running_key, running_limit, max_lost_attempts) "
+        "VALUES (?, ?, ?, ?, 'REGISTERED', ?, ?, ?, ?, ?)",
         [
             (i.invocation_id, i.app_id, i.task_name, i.args, i.run_at, i.created_at,
-             i.running_key, i.running_limit)
+             i.running_key, i.running_limit, i.max_lost_attempts)
             for i in new
         ],
     )
@@ -275,6 +276,12 @@ def get_stats(c: sqlite3.Connection, app_id: str, now: float) -> AppStats:
         (app_id, now - 60.0),
     ).fetchone()
     return AppStats(app_id, by_status, by_task, oldest, workers, int(recent))
+
+
+def count_invocations_by_app(c: sqlite3.Connection) -> dict[str, int]:
+    """How many invocations each app has stored (a full scan: for the admin, not a hot path)."""
+    rows = c.execute("SELECT app_id, COUNT(*) FROM invocations GROUP BY app_id ORDER BY app_id")
+    return {app_id: int(count) for app_id, count in rows}
 
 
 def requeue(

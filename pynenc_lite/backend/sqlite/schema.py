@@ -1,21 +1,36 @@
 """The tables of the SQLite file, and the check that a file has the layout this code reads.
 
 What it holds: the schema text (tables and the indexes the hot queries need), its version,
-and `create`, which checks that version before anything touches the schema and then creates
-what is missing.
+`create`, which checks that version before anything touches the schema and then creates
+what is missing, and `check`, the same version check without writing (for read-only opens).
 
 What it deliberately does not: open files, set pragmas or run transactions (`connection.py`
 runs `create` once per process, inside a write transaction), or read and write rows (the
-other modules of this package). It migrates nothing: a file of another version is refused.
+other modules of this package). It upgrades older files in place only where `_MIGRATIONS`
+says how (version 2 gained one column); a file of any other version is refused.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 
 from pynenc_lite.errors import BackendError
 
-SCHEMA_VERSION = "2"
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = "3"
+
+# Each version `create` upgrades in place, with the statements that take it to the next one.
+# Adding a nullable column is the kind of change that belongs here: rows written before it
+# read as NULL, which the code must treat as "not set".
+_MIGRATIONS: dict[str, list[str]] = {
+    # 3: each invocation may carry its task's max_lost_attempts (NULL: the runner's setting).
+    "2": ["ALTER TABLE invocations ADD COLUMN max_lost_attempts INTEGER"],
+}
+# The versions a read-only open accepts (it cannot upgrade): reads never name a column
+# that an older one of these lacks; only writes (submit, claim) use the newer columns.
+READABLE_VERSIONS = ("2", SCHEMA_VERSION)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -37,6 +52,7 @@ CREATE TABLE IF NOT EXISTS invocations (
     registration_key TEXT,              -- concurrency control, see options.py
     running_key TEXT,
     running_limit INTEGER NOT NULL DEFAULT 1,
+    max_lost_attempts INTEGER,          -- the task's own cap; NULL: the claiming runner's
     created_at REAL NOT NULL,
     started_at REAL,
     finished_at REAL,
@@ -110,11 +126,55 @@ def create(c: sqlite3.Connection, path: str) -> None:
     if row is None:
         c.execute("INSERT INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
     elif row[0] != SCHEMA_VERSION:
-        raise BackendError(
-            f"{path} was written with schema version {row[0]}, this pynenc_lite uses "
-            f"{SCHEMA_VERSION}; use a new sqlite_db_path or the matching pynenc_lite version."
-        )
+        _upgrade(c, path, row[0])
     # Statement by statement: executescript() would commit the caller's transaction first.
     for statement in _SCHEMA.split(";\n"):
         if statement.strip():
             c.execute(statement)
+
+
+def _upgrade(c: sqlite3.Connection, path: str, found: str) -> None:
+    """Bring a file of an older version up to `SCHEMA_VERSION`, in the caller's transaction
+    (so a failure leaves it as it was, and two processes cannot both upgrade it).
+
+    Raises:
+        BackendError: no way from `found` to this version (a newer file, or an unknown one).
+    """
+    version = found
+    while version in _MIGRATIONS:
+        for statement in _MIGRATIONS[version]:
+            c.execute(statement)
+        version = str(int(version) + 1)
+    if version != SCHEMA_VERSION:
+        raise _version_error(path, found)
+    c.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,))
+    logger.info("upgraded %s from schema version %s to %s", path, found, SCHEMA_VERSION)
+
+
+def check(c: sqlite3.Connection, path: str) -> None:
+    """Check, writing nothing, that the file holds tables this code can read (for a
+    read-only open: `create` would have to write).
+
+    Raises:
+        BackendError: no pynenc_lite tables in the file, or another schema version.
+    """
+    found = c.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+    ).fetchone()
+    row = None
+    if found is not None:
+        row = c.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+    if row is None:
+        raise BackendError(
+            f"{path} holds no pynenc_lite tables (it is another program's database, or no "
+            "pynenc_lite process ever opened it to write); check the path"
+        )
+    if row[0] not in READABLE_VERSIONS:
+        raise _version_error(path, row[0])
+
+
+def _version_error(path: str, found: str) -> BackendError:
+    return BackendError(
+        f"{path} was written with schema version {found}, this pynenc_lite uses "
+        f"{SCHEMA_VERSION}; use a new sqlite_db_path or the matching pynenc_lite version."
+    )

@@ -39,18 +39,26 @@ class Listener:
     def __init__(self, prefix: str) -> None:
         self.name = f"{prefix}.{os.getpid()}.{secrets.token_hex(4)}"
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._sock.bind(_address(self.name))
-        self._sock.setblocking(False)
+        try:
+            self._sock.bind(_address(self.name))
+            self._sock.setblocking(False)
+        except OSError:
+            self._sock.close()
+            raise
 
     def wait(self, timeout: float) -> bool:
-        """Sleep until nudged or `timeout` seconds pass. Returns True when nudged."""
-        ready, _, _ = select.select([self._sock], [], [], max(0.0, timeout))
+        """Sleep until nudged or `timeout` seconds pass. Returns True when nudged, and when
+        the listener was closed (by another thread): the caller then looks and finds out."""
+        try:
+            ready, _, _ = select.select([self._sock], [], [], max(0.0, timeout))
+        except (ValueError, OSError):  # closed before or during the wait
+            return True
         if not ready:
             return False
         try:
             while self._sock.recv(64):  # several nudges may be queued: one wake is enough
                 pass
-        except BlockingIOError:
+        except OSError:  # BlockingIOError: all read; or closed meanwhile
             pass
         return True
 

@@ -393,6 +393,7 @@ class RemoteBackend(Backend):
     get_args = _proxy(Backend.get_args)
     get_history = _proxy(Backend.get_history)
     get_stats = _proxy(Backend.get_stats)
+    count_invocations_by_app = _proxy(Backend.count_invocations_by_app)
     list_invocations = _proxy(Backend.list_invocations)
     requeue = _proxy(Backend.requeue)
     purge = _proxy(Backend.purge)

@@ -118,10 +118,21 @@ class ChangeFeed:
             return self._epoch
 
     def close(self) -> None:
-        """Release every waiter now and stop the monitor."""
+        """Release every waiter now and tell the monitor to stop (see `join_monitor`)."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+
+    def join_monitor(self, timeout: float) -> bool:
+        """After `close`, wait until the monitor thread has ended (it may be inside one look
+        at the database, at most `_MONITOR_SLICE_SECONDS`), so the backend can be closed
+        without a thread still using it. Returns False if it is still running."""
+        with self._cond:
+            monitor = self._monitor
+        if monitor is not None:
+            monitor.join(timeout)
+            return not monitor.is_alive()
+        return True
 
     def _watch_database(self) -> None:
         # Other processes on this host may share the SQLite file (local workers): their
@@ -137,6 +148,9 @@ class ChangeFeed:
                     token = self._backend.wait_for_change(None, 0)
                 new_token = self._backend.wait_for_change(token, _MONITOR_SLICE_SECONDS)
             except Exception:
+                with self._cond:
+                    if self._closed:
+                        return  # the backend closed under a look at it: we are stopping
                 logger.exception("watching the database for changes failed; retrying in 1s")
                 with self._cond:
                     self._cond.wait(1.0)
@@ -474,6 +488,10 @@ class BrokerServer(socketserver.TCPServer):
             self._jobs.put(None)
         if self._maintenance is not None:
             self._maintenance.join()  # it may be using the backend
+        # So is the change feed's monitor: closing a backend under a call in progress loses
+        # that thread's sockets (a ResourceWarning) and, on old SQLite modules, may crash.
+        if not self.feed.join_monitor(_MONITOR_SLICE_SECONDS + 5.0):
+            logger.warning("the change feed's monitor did not stop; closing the backend anyway")
         self.backend.close()
 
 

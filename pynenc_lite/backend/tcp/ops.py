@@ -293,6 +293,7 @@ _ALLOWED: dict[str, tuple[str, str]] = {
     "get_args": (READ, RESEND),
     "get_history": (READ, RESEND),
     "get_stats": (READ, RESEND),
+    "count_invocations_by_app": (READ, RESEND),
     "list_invocations": (READ, RESEND),
     "requeue": (WRITE, RESEND),
     "purge": (WRITE, RESEND),
