@@ -13,6 +13,7 @@ intact and claimable.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from pathlib import Path
 from typing import Iterator
@@ -219,3 +220,27 @@ def test_a_version_2_file_opened_read_only_is_read_without_upgrading(tmp_path: P
     finally:
         backend.close()
     assert stored(path, "SELECT value FROM meta WHERE key = 'schema_version'") == [("2",)]
+
+
+def test_cron_invocations_carry_their_tasks_cap(tmp_path: Path) -> None:
+    from pynenc_lite.runner import upkeep
+
+    app = Pynenc(
+        "cron-cap", config_values={"sqlite_db_path": str(tmp_path / "cron.sqlite3")}
+    )
+
+    @app.task(cron="* * * * *", max_lost_attempts=7)
+    def tick() -> None: ...
+
+    try:
+        t0 = 1_700_000_000.0  # a minute boundary plus change: the first look fires nothing
+        upkeep.fire_due(app.runtime, t0)
+        assert upkeep.fire_due(app.runtime, t0 + 60) == 1
+        [record] = app.backend.list_invocations(app.app_id)
+        with contextlib.closing(sqlite3.connect(tmp_path / "cron.sqlite3")) as conn:
+            row = conn.execute(
+                "SELECT max_lost_attempts FROM invocations WHERE id = ?", (record.invocation_id,)
+            ).fetchone()
+        assert row == (7,)
+    finally:
+        app.close()

@@ -4,6 +4,7 @@ subprocess on loopback/local files only and ends it by its PID."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -48,7 +49,7 @@ def test_db_option_beats_a_broker_url_from_the_environment(tmp_path: Path) -> No
     )
     assert out.returncode == 0, out.stderr
     assert db.exists()
-    with sqlite3.connect(db) as conn:  # the worker announced itself in the file it was given
+    with contextlib.closing(sqlite3.connect(db)) as conn:  # the file it was given
         assert conn.execute("SELECT count(*) FROM invocations").fetchone() == (0,)
 
 

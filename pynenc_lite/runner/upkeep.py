@@ -164,6 +164,7 @@ def fire_due(runtime: Runtime, now: float, catch_up: str = "once") -> int:
                 serializer.dumps_call(task.name, (), {}),
                 m.timestamp(),
                 now,
+                max_lost_attempts=task.options.max_lost_attempts,
             )
             for m in moments
         ]
