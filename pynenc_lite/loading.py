@@ -1,7 +1,8 @@
 """Finding an app from a command-line target, and naming an app so another process can find
 it again (worker processes are started with `spawn` and import the app themselves).
 
-Targets: `module:attr`, `module` (holding exactly one `Pynenc`), or `path/to/file.py`
+Targets: `module:attr`, `module` (holding exactly one `Pynenc`), pynenc's `module.attr`
+(when no module has the whole dotted name), or `path/to/file.py`
 (optionally `path/to/file.py:attr`). A file's folder is put first on `sys.path`, so its
 tasks are importable by module name, in this process and in its worker processes.
 """
@@ -9,6 +10,7 @@ tasks are importable by module name, in this process and in its worker processes
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import sys
 import traceback
@@ -36,6 +38,9 @@ def load_app(target: str) -> tuple[Pynenc, str]:
         module_name = _add_file_to_path(module_part)
     else:
         module_name = module_part
+    if not attr and "." in module_name and _is_missing_module(module_name):
+        # pynenc's form: `module.app` names the attribute after the last dot.
+        module_name, _, attr = module_name.rpartition(".")
     module = _import(module_name)
     if attr:
         app = getattr(module, attr, None)
@@ -80,6 +85,18 @@ def _import(module_name: str) -> Any:
         raise TargetError(_import_failure(module_name, exc)) from exc
     except Exception as exc:
         raise TargetError(_import_failure(module_name, exc)) from exc
+
+
+def _is_missing_module(module_name: str) -> bool:
+    """True when no module has this dotted name (its parent may exist)."""
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        return importlib.util.find_spec(module_name) is None
+    except Exception:
+        # The parent is not a package, does not exist, or fails to import: importing it
+        # next says which.
+        return True
 
 
 def _import_failure(module_name: str, exc: BaseException) -> str:

@@ -134,3 +134,34 @@ def test_runner_sections_of_a_pynenc_pyproject(tmp_path: Path) -> None:
         text=True, timeout=60,
     )
     assert done.stdout.strip() == "5", done.stderr
+
+
+def test_pynenc_command_form_starts_a_worker(tmp_path: Path) -> None:
+    (tmp_path / "pyapp.py").write_text(textwrap.dedent("""
+        from pynenc_lite import Pynenc
+        app = Pynenc("cli-form")
+
+        @app.task
+        def add(a, b):
+            return a + b
+    """), encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYNENC__SQLITE_DB_PATH": "cli.sqlite3"}
+    submit = "import pyapp; print(pyapp.add(2, 3).invocation_id)"
+    done = subprocess.run([sys.executable, "-c", submit], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    invocation_id = done.stdout.strip()
+    assert done.returncode == 0 and invocation_id, done.stderr
+    worker = subprocess.run(  # pynenc's form: --app module.app, then `runner start`
+        [sys.executable, "-m", "pynenc_lite", "--app", "pyapp.app", "runner", "start",
+         "--burst", "--processes", "0"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert worker.returncode == 0, worker.stderr
+    check = f"import pyapp; print(pyapp.app.get_invocation({invocation_id!r}).result)"
+    done = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "5", done.stderr
+    shown = subprocess.run([sys.executable, "-m", "pynenc_lite", "--app=pyapp.app",
+                            "show_config"], cwd=tmp_path, env=env, capture_output=True,
+                           text=True, timeout=60)
+    assert shown.returncode == 0 and "cli-form" in shown.stdout, shown.stderr
