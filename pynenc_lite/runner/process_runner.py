@@ -171,9 +171,11 @@ class ProcessRunner(BaseRunner):
                         and process.exitcode != EXIT_HARD_STOP
                     )
                     delay = min(max(delay * 2, 0.1), MAX_RESPAWN_DELAY_SECONDS) if quick else 0.0
-                    if delay and self._stop_requested.wait(delay):
+                    if delay and self._pause_unless_stopped(delay):
                         break
                     self._spawn(context, target, burst, log_level)
+                if self._signals:
+                    self.stop_runner_loop()
         finally:
             try:
                 self._stop_children()
@@ -191,6 +193,18 @@ class ProcessRunner(BaseRunner):
         )
         process.start()
         self._children[worker_id] = (process, time.monotonic())
+
+    def _pause_unless_stopped(self, seconds: float) -> bool:
+        """Wait `seconds` before starting a child again, on the wake-up pipe so that a signal
+        or `stop_runner_loop()` ends the wait at once. Returns True if a stop came."""
+        logger.info("worker processes keep dying as they start; starting another in %.1fs", seconds)
+        deadline = time.monotonic() + seconds
+        while not (self._stop_requested.is_set() or self._signals):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._sleep_until_woken(timeout=remaining)
+        return True
 
     def _recover(self, worker_id: str, process: BaseProcess) -> None:
         try:

@@ -1,0 +1,117 @@
+"""The worker command's lifecycle, as an operator meets it: stop signals sent to the whole
+process group, a supervisor killed under its children, children that crash or cannot reach
+storage as they start, a TCP server gone when the worker is told to stop, and a hard stop
+(time limit) whose outcome could not be stored at the first try.
+
+Every test starts `python -m pynenc_lite.worker` in its own session and kills that session
+(by its PID, which is the group id) when it ends, whatever happened. Waits are bounded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests import tasks_proc
+from tests.helpers import wait_until
+from tests.test_tcp_helpers import subprocess_env
+from tests.test_worker_processes import ROOT, Workers
+
+# Stop signals: how long a stop may take beyond the grace period it asked for (a cold
+# interpreter on a loaded CI machine included).
+STOP_SLACK_SECONDS = 4.0
+
+
+@pytest.fixture
+def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A fresh database for tasks_proc.app, with short leases so recovery is quick."""
+    for name in list(os.environ):
+        if name.startswith("PYNENC__"):
+            monkeypatch.delenv(name)
+    path = tmp_path / "proc.sqlite3"
+    app = tasks_proc.app
+    app.close()
+    app.conf.sqlite_db_path = str(path)
+    app.conf.heartbeat_interval_seconds = 0.2
+    app.conf.lease_seconds = 1.0
+    app.conf.no_worker_warning_seconds = 30.0
+    yield path
+    app.close()
+
+
+@pytest.fixture
+def workers(db: Path, tmp_path: Path) -> Iterator[Workers]:
+    w = Workers(db, tmp_path)
+    try:
+        yield w
+    finally:
+        w.kill_all()
+
+
+def is_running(pid: int) -> bool:
+    """True while `pid` is a live process (a zombie nobody reaped yet counts as ended)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    except OSError:  # no /proc: ask the kernel (a zombie then counts as alive)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+
+def start_command(
+    tmp_path: Path, target: str, *args: str, name: str = "worker", **env: str
+) -> subprocess.Popen[bytes]:
+    """`python -m pynenc_lite.worker TARGET ARGS` in its own session, logging to a file."""
+    with open(tmp_path / f"{name}.log", "wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "pynenc_lite.worker", target, *args],
+            cwd=ROOT,
+            env=subprocess_env(env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def kill_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the whole session of a command started by `start_command`, and reap it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=10)
+
+
+def read_log(tmp_path: Path, name: str = "worker") -> str:
+    return (tmp_path / f"{name}.log").read_text(errors="replace")
+
+
+# -- 3. a stop while waiting to respawn a child that crashed at start ------------------------
+
+
+def test_sigterm_during_the_respawn_back_off_stops_at_once(tmp_path: Path) -> None:
+    worker = start_command(
+        tmp_path, "tests.tasks_start_faults:app", "--processes", "1",
+        "--db", str(tmp_path / "w.sqlite3"), TEST_START_FAULT="crash",
+    )
+    try:
+        # The fifth crash in a row is followed by a 1.6 s pause before the next start.
+        wait_until(lambda: read_log(tmp_path).count("exited with code 1") >= 5, 30)
+        started = time.monotonic()
+        os.kill(worker.pid, signal.SIGTERM)
+        assert worker.wait(timeout=15) == 0, read_log(tmp_path)
+        stopped_in = time.monotonic() - started
+    finally:
+        kill_group(worker)
+    assert stopped_in < 1.0, f"took {stopped_in:.2f}s to stop:\n{read_log(tmp_path)}"
