@@ -20,10 +20,11 @@ from typing import Iterator
 
 import pytest
 
+from pynenc_lite import InvocationStatus
 from tests import tasks_proc
 from tests.helpers import wait_until
 from tests.test_tcp_helpers import subprocess_env
-from tests.test_worker_processes import ROOT, Workers
+from tests.test_worker_processes import ROOT, Workers, child_pids, statuses
 
 # Stop signals: how long a stop may take beyond the grace period it asked for (a cold
 # interpreter on a loaded CI machine included).
@@ -95,6 +96,85 @@ def kill_group(process: subprocess.Popen[bytes]) -> None:
 
 def read_log(tmp_path: Path, name: str = "worker") -> str:
     return (tmp_path / f"{name}.log").read_text(errors="replace")
+
+
+# -- 1. a stop signal sent to the whole group is ONE stop ------------------------------------
+
+
+@pytest.mark.parametrize("how", ["supervisor", "group", "children-first"])
+def test_sigterm_lets_tasks_that_fit_the_grace_finish(
+    workers: Workers, tmp_path: Path, db: Path, how: str
+) -> None:
+    """systemd (KillMode=control-group), `kill -TERM -PGID` and Ctrl-C signal every process
+    at once: a child must count that signal and its supervisor's stop as one stop, and let
+    its tasks finish within the grace period instead of handing them back.
+
+    "children-first" is the group signal with its order pinned down: each child has acted
+    on its own SIGTERM before the supervisor gets its own (with `killpg` the order is up
+    to the kernel, and two signals close together can even merge into one)."""
+    log = tmp_path / "runs.log"
+    group = tasks_proc.slow_record.parallelize([(i, str(log), 1.5) for i in range(4)])
+    worker = workers.start(
+        "--processes", "2", "--threads", "2", PYNENC__SHUTDOWN_GRACE_SECONDS="20"
+    )
+    wait_until(lambda: statuses(db) == {"RUNNING": 4}, 20)
+    if how == "group":
+        os.killpg(worker.pid, signal.SIGTERM)
+    else:
+        if how == "children-first":
+            for pid in child_pids(db):
+                os.kill(pid, signal.SIGTERM)
+            wait_until(lambda: workers.log().count("finishing running tasks") == 2, 10)
+        os.kill(worker.pid, signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0, workers.log()
+    assert statuses(db) == {"SUCCESS": 4}, workers.log()
+    assert sorted(map(int, log.read_text().split())) == [0, 1, 2, 3]  # none ran twice
+    assert group.get_results(timeout=5) == [0, 2, 4, 6]
+
+
+def test_a_second_group_signal_skips_the_grace(workers: Workers, tmp_path: Path, db: Path) -> None:
+    gate = tmp_path / "gate"
+    invocation = tasks_proc.wait_for_file(str(gate), 60.0)
+    worker = workers.start(
+        "--processes", "1", "--threads", "1", PYNENC__SHUTDOWN_GRACE_SECONDS="60"
+    )
+    wait_until(lambda: invocation.status is InvocationStatus.RUNNING, 20)
+    os.killpg(worker.pid, signal.SIGTERM)
+    wait_until(lambda: "finishing running tasks" in workers.log(), 10)
+    os.killpg(worker.pid, signal.SIGTERM)
+    assert worker.wait(timeout=15) == 0, workers.log()
+    assert invocation.status is InvocationStatus.REGISTERED  # handed back, not leased
+
+
+# -- 2. children of a killed supervisor stop ------------------------------------------------
+
+
+@pytest.mark.slow
+def test_children_of_a_killed_supervisor_stop_and_nothing_is_lost(
+    workers: Workers, tmp_path: Path, db: Path
+) -> None:
+    """Chaos: SIGKILL the supervisor under load. Its children notice, claim nothing more,
+    finish or hand back what they run and exit; a new worker then runs the rest."""
+    log = tmp_path / "runs.log"
+    count = 60
+    group = tasks_proc.slow_record.parallelize([(i, str(log), 0.2) for i in range(count)])
+    first = workers.start(
+        "--processes", "2", "--threads", "2", PYNENC__SHUTDOWN_GRACE_SECONDS="1"
+    )
+    wait_until(lambda: statuses(db).get("SUCCESS", 0) >= 8, 30)
+    old_children = child_pids(db)
+    assert len(old_children) == 2
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait(timeout=10)
+    killed_at = time.monotonic()
+    wait_until(lambda: not any(is_running(pid) for pid in old_children), 15)
+    orphaned_seconds = time.monotonic() - killed_at
+    assert statuses(db).get("SUCCESS", 0) < count  # they stopped claiming
+    workers.start("--processes", "1", "--threads", "4")
+    assert group.get_results(timeout=60) == [i * 2 for i in range(count)]
+    assert statuses(db) == {"SUCCESS": count}
+    assert set(map(int, log.read_text().split())) == set(range(count))
+    assert orphaned_seconds < 1 + STOP_SLACK_SECONDS, orphaned_seconds
 
 
 # -- 3. a stop while waiting to respawn a child that crashed at start ------------------------

@@ -3,12 +3,24 @@
     supervisor (the process that called run())        worker process × N (spawned)
     ──────────────────────────────────────────        ───────────────────────────
     start N children, each with a known worker id ──► import the app by `module:attr`,
-    wait on their sentinels                            run a ThreadRunner under that id
-    a child died?  expire its leases at once and       (own SQLite connection, own threads,
-      start a replacement (with back-off when          own heartbeats; SIGTERM = graceful)
+      and a control pipe                               run a ThreadRunner under that id
+    wait on their sentinels                            (own SQLite connection, own threads,
+    a child died?  expire its leases at once and       own heartbeats)
+      start a replacement (with back-off when
       children keep dying)
-    SIGINT/SIGTERM: forward SIGTERM, wait for the
+    SIGINT/SIGTERM: "stop" down every control pipe ──► graceful stop (its own SIGTERM or
+      (a second signal: "stop-now"), wait for the      SIGINT, or both, count as ONE stop)
       children's graceful stop, SIGKILL stragglers
+    (supervisor killed: the pipes close)          ──► EOF: graceful stop, then exit
+
+The supervisor does not forward signals. systemd (`KillMode=control-group`), `kill -TERM
+-PGID` and Ctrl-C signal every process of the group at once: a child that counted its own
+signal and a forwarded one as two would skip its grace period and hand running work back.
+So a child counts its own signal and the supervisor's "stop" as one stop; only a second
+signal from outside (to the child itself, or "stop-now" from the supervisor that got it)
+skips the grace. The pipe also tells a child that its supervisor died (SIGKILL, OOM): the
+read end sees EOF at once, and the child stops claiming, finishes or hands back what it runs
+and exits, instead of working on as an orphan next to the workers of a restarted command.
 
 Children use the `spawn` start method on every platform, so behaviour on Linux matches macOS
 and no SQLite connection or lock is ever inherited across a fork. Each child claims work
@@ -25,17 +37,23 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-import signal
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from pynenc_lite.importing import find_target, import_object
-from pynenc_lite.runner.base import BaseRunner
-from pynenc_lite.runner.thread_runner import EXIT_HARD_STOP, ThreadRunner, new_worker_id
+from pynenc_lite.runner.base import BaseRunner, block_stop_signals
+from pynenc_lite.runner.thread_runner import (
+    EXIT_HARD_STOP,
+    STOP,
+    STOP_NOW,
+    ThreadRunner,
+    new_worker_id,
+)
 from pynenc_lite.runtime import HasRuntime, Runtime, runtime_of
 
 if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
     from multiprocessing.process import BaseProcess
 
     from pynenc_lite.conf import PynencConfig
@@ -56,11 +74,15 @@ def _child_main(
     threads: int,
     burst: bool,
     log_level: Optional[str],
+    control: Connection,
 ) -> None:
-    """Entry point of a worker process (module level, so `spawn` can import it)."""
-    # Ctrl-C in a terminal reaches every process of the group; the supervisor alone decides,
-    # and passes a SIGTERM on. An ignored signal stays ignored by the runner below.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """Entry point of a worker process (module level, so `spawn` can import it).
+
+    `control` is the read end of the pipe from the supervisor (see the module docstring).
+    """
+    # SIGINT/SIGTERM wait (pending) until the runner below has its handlers: a stop asked
+    # for while the app imports is then a graceful stop, not a traceback.
+    block_stop_signals()
     if log_level:
         logging.basicConfig(
             level=log_level,
@@ -70,7 +92,10 @@ def _child_main(
     # `load_app`); sys.path comes with the spawn, so importing it here finds the same app.
     runtime = runtime_of(import_object(target))
     runtime.conf = conf  # the supervisor's configuration, including run-time assignments
-    ThreadRunner(runtime, threads=threads, worker_id=worker_id, hard_stop=True).run(burst=burst)
+    runner = ThreadRunner(
+        runtime, threads=threads, worker_id=worker_id, hard_stop=True, control=control
+    )
+    runner.run(burst=burst)
 
 
 class ProcessRunner(BaseRunner):
@@ -105,6 +130,7 @@ class ProcessRunner(BaseRunner):
             )
         self._target = target
         self._children: dict[str, tuple[BaseProcess, float]] = {}  # id -> (process, start)
+        self._controls: dict[str, Connection] = {}  # id -> write end of its control pipe
         self._stop_requested = threading.Event()
         self._started = 0  # worker processes started so far, for their names
 
@@ -162,6 +188,7 @@ class ProcessRunner(BaseRunner):
                         continue
                     process.join()
                     del self._children[worker_id]
+                    self._forget(worker_id)
                     if burst and process.exitcode == 0:
                         continue
                     self._recover(worker_id, process)
@@ -185,14 +212,33 @@ class ProcessRunner(BaseRunner):
     def _spawn(self, context: Any, target: str, burst: bool, log_level: Optional[str]) -> None:
         self._started += 1
         worker_id = new_worker_id(f"w{self._started}")
+        reader, writer = context.Pipe(duplex=False)
         process = context.Process(
             target=_child_main,
-            args=(target, self.runtime.conf, worker_id, self.threads, burst, log_level),
+            args=(target, self.runtime.conf, worker_id, self.threads, burst, log_level, reader),
             name=f"pynenc-lite-worker-{self._started}",
             daemon=False,
         )
         process.start()
+        reader.close()  # the child has its copy: when we die, it sees EOF on it
         self._children[worker_id] = (process, time.monotonic())
+        self._controls[worker_id] = writer
+
+    def _tell(self, worker_id: str, message: bytes) -> None:
+        """Send `message` down a child's control pipe (a child that is gone is skipped)."""
+        control = self._controls.get(worker_id)
+        if control is None:
+            return
+        try:
+            control.send_bytes(message)
+        except OSError:
+            pass  # it died already: its sentinel tells the rest
+
+    def _forget(self, worker_id: str) -> None:
+        """Drop a dead child's control pipe."""
+        control = self._controls.pop(worker_id, None)
+        if control is not None:
+            control.close()
 
     def _pause_unless_stopped(self, seconds: float) -> bool:
         """Wait `seconds` before starting a child again, on the wake-up pipe so that a signal
@@ -212,6 +258,15 @@ class ProcessRunner(BaseRunner):
         except Exception:
             expired = -1
             logger.exception("could not expire the leases of %s; they expire on time", worker_id)
+        if process.exitcode == 0:
+            # Stopped gracefully on its own (a signal sent to it alone): it handed back its
+            # work; only a lease it could not hand back was expired above.
+            logger.info(
+                "worker process %s (pid %s) stopped; a new process replaces it",
+                worker_id,
+                process.pid,
+            )
+            return
         if process.exitcode == EXIT_HARD_STOP:
             logger.info(
                 "worker process %s (pid %s) ended itself to stop a task (time limit or "
@@ -230,11 +285,10 @@ class ProcessRunner(BaseRunner):
         )
 
     def _stop_children(self) -> None:
-        """SIGTERM every child (graceful), wait, then SIGKILL stragglers and recover."""
+        """Tell every child to stop (graceful), wait, then SIGKILL stragglers and recover."""
         grace = self.runtime.conf.shutdown_grace_seconds
-        for process, _ in self._children.values():
-            if process.is_alive() and process.pid:
-                os.kill(process.pid, signal.SIGTERM)
+        for worker_id in self._children:
+            self._tell(worker_id, STOP)
         deadline = time.monotonic() + grace + STOP_MARGIN_SECONDS
         forwarded = self._signals
         pending = dict(self._children)
@@ -250,17 +304,18 @@ class ProcessRunner(BaseRunner):
             # above still wakes this wait (leaving it out would sleep the whole grace).
             self._sleep_until_woken([p.sentinel for p, _ in pending.values()], remaining)
             if self._signals > max(forwarded, 1):
-                # A second signal: pass it on, so the children skip their grace period.
+                # A second signal: the children skip their grace period too.
                 forwarded = self._signals
-                for process, _ in pending.values():
-                    if process.is_alive() and process.pid:
-                        os.kill(process.pid, signal.SIGTERM)
+                for worker_id in pending:
+                    self._tell(worker_id, STOP_NOW)
         for worker_id, (process, _) in pending.items():
             logger.error("worker process %s did not stop in time; killing it", process.pid)
             process.kill()
             process.join()
             self._recover(worker_id, process)
         self._children.clear()
+        for worker_id in list(self._controls):
+            self._forget(worker_id)
 
     @staticmethod
     def _child_log_level() -> Optional[str]:

@@ -13,10 +13,17 @@ stop, and hands back what is still running when it finishes. Claiming and storin
 dispatcher's; heartbeats, time limits, cron and expiry are `upkeep`'s; the worker-thread
 loop and the state the threads share are the pool's.
 
-`run()` blocks until `stop_runner_loop()` (or, on the main thread, SIGINT/SIGTERM). Stopping
-is graceful: no new claims; running tasks get `shutdown_grace_seconds` to finish and their
-outcomes are stored; whatever is still running then is handed back to the queue at once.
-A second signal ends the grace period early.
+`run()` blocks until `stop_runner_loop()` (or, on the main thread, SIGINT/SIGTERM, or in a
+worker process a message on its control pipe). Stopping is graceful: no new claims; running
+tasks get `shutdown_grace_seconds` to finish and their outcomes are stored; whatever is
+still running then is handed back to the queue at once. A second signal ends the grace
+period early.
+
+In a worker process of a process runner, the supervisor's control pipe carries `STOP` and
+`STOP_NOW`; it closes (EOF) when the supervisor dies. A SIGTERM or SIGINT to this process and
+the supervisor's `STOP` count as ONE stop (a group signal brings both); a second signal to
+this process, or `STOP_NOW`, skips the grace. EOF is a stop too: an orphan must not go on
+claiming work.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import socket
 import threading
 import time
 import uuid
-from typing import Callable, Optional, Union
+from typing import TYPE_CHECKING, Callable, Optional, Union
 
 from pynenc_lite.backend.base import WorkerInfo
 from pynenc_lite.runner import upkeep
@@ -36,7 +43,17 @@ from pynenc_lite.runner.dispatcher import IDLE_CHECK_SECONDS, Dispatcher
 from pynenc_lite.runner.pool import WorkPool
 from pynenc_lite.runtime import HasRuntime, Runtime, runtime_of
 
-__all__ = ["EXIT_HARD_STOP", "IDLE_CHECK_SECONDS", "ThreadRunner", "new_worker_id"]
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+
+__all__ = [
+    "EXIT_HARD_STOP",
+    "IDLE_CHECK_SECONDS",
+    "STOP",
+    "STOP_NOW",
+    "ThreadRunner",
+    "new_worker_id",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +61,10 @@ logger = logging.getLogger(__name__)
 THREAD_EXIT_SECONDS = 5.0
 # Exit code of a worker process that ended itself to stop a task (time limit, cancel).
 EXIT_HARD_STOP = 75
+# Messages on a worker process's control pipe from its supervisor: stop gracefully; stop
+# without waiting for running tasks (the supervisor got a second signal).
+STOP = b"stop"
+STOP_NOW = b"stop-now"
 
 
 def new_worker_id(suffix: str = "") -> str:
@@ -66,6 +87,8 @@ class ThreadRunner(BaseRunner):
         hard_stop: end this whole process to stop a task past its time limit or cancelled
             while running (set by the process runner in its worker processes).
         clock: the wall clock (seconds since the epoch); tests can pass a fake one.
+        control: in a worker process, the read end of the supervisor's control pipe
+            (`STOP`, `STOP_NOW`; EOF when the supervisor is gone).
     """
 
     def __init__(
@@ -76,6 +99,7 @@ class ThreadRunner(BaseRunner):
         worker_id: Optional[str] = None,
         hard_stop: bool = False,
         clock: Callable[[], float] = time.time,
+        control: Optional[Connection] = None,
     ) -> None:
         super().__init__()
         self.app = app
@@ -92,6 +116,10 @@ class ThreadRunner(BaseRunner):
         self._pool = WorkPool(self.threads)
         self._stop_heartbeat = threading.Event()  # set: the heartbeat thread returns
         self._dispatcher_done = threading.Event()  # set when the dispatcher thread returns
+        self._control = control
+        # What the control pipe asked for; read and written by the supervising thread only.
+        self._asked_to_stop = False
+        self._asked_to_stop_now = False
 
     def __repr__(self) -> str:
         return f"<ThreadRunner {self.worker_id or '(not running)'} threads={self.threads}>"
@@ -118,6 +146,7 @@ class ThreadRunner(BaseRunner):
         self.worker_id = self._fixed_worker_id or new_worker_id()
         self._stop_heartbeat.clear()
         self._dispatcher_done.clear()
+        self._asked_to_stop = self._asked_to_stop_now = False
 
     def stop_runner_loop(self) -> None:
         """Ask the runner to stop gracefully; returns at once (`run()` returns when done)."""
@@ -183,9 +212,11 @@ class ThreadRunner(BaseRunner):
             # This thread only supervises, so a signal handler never interrupts code that
             # holds a lock: it sets a flag, read here.
             while not self._dispatcher_done.is_set():
-                self._sleep_until_woken()  # the dispatcher wakes us when it returns
-                if self._signals:
-                    self._on_signal()
+                # The dispatcher wakes us when it returns; signals and the supervisor too.
+                self._sleep_until_woken([self._control] if self._control is not None else [])
+                self._read_control()
+                if self._signals or self._asked_to_stop:
+                    self._on_stop_request()
             dispatching.join()
         finally:
             hub.remove_work_listener(pool.hint_work)
@@ -215,11 +246,35 @@ class ThreadRunner(BaseRunner):
 
     # -- stopping ---------------------------------------------------------------------------
 
-    def _on_signal(self) -> None:
-        if self._signals > 1:
-            self._pool.force_stop()  # a second signal: stop waiting for running tasks
-        elif not self._pool.stopping:
-            logger.info("signal received: finishing running tasks (again to stop at once)")
+    def _read_control(self) -> None:
+        """Take the supervisor's messages off the control pipe; EOF means it is gone."""
+        control = self._control
+        if control is None:
+            return
+        try:
+            while control.poll():
+                message = control.recv_bytes()
+                self._asked_to_stop = True
+                if message == STOP_NOW:
+                    self._asked_to_stop_now = True
+        except (EOFError, OSError):
+            control.close()
+            self._control = None  # stop watching it
+            self._asked_to_stop = True
+            logger.warning(
+                "the supervisor of worker process %d is gone: claiming nothing more, "
+                "finishing running tasks (up to %ss), then exiting",
+                os.getpid(),
+                self.runtime.conf.shutdown_grace_seconds,
+            )
+
+    def _on_stop_request(self) -> None:
+        # One signal to this process and the supervisor's STOP are one stop (a group signal
+        # brings both): only a second signal, or STOP_NOW, skips the grace period.
+        if self._signals > 1 or self._asked_to_stop_now:
+            self._pool.force_stop()
+        if not self._pool.stopping:
+            logger.info("asked to stop: finishing running tasks (a second signal stops at once)")
             self.stop_runner_loop()
 
     def _finish(self, pool: WorkPool, heartbeat: threading.Thread) -> None:
