@@ -146,6 +146,30 @@ def test_a_second_group_signal_skips_the_grace(workers: Workers, tmp_path: Path,
     assert invocation.status is InvocationStatus.REGISTERED  # handed back, not leased
 
 
+# -- 7. handing work back on a graceful stop is not a lost attempt ---------------------------
+
+
+def test_work_handed_back_on_a_graceful_stop_is_not_a_lost_attempt(
+    workers: Workers, tmp_path: Path, db: Path
+) -> None:
+    gate = tmp_path / "gate"
+    invocation = tasks_proc.wait_for_file(str(gate), 60.0)
+    worker = workers.start(
+        "--processes", "1", "--threads", "1", PYNENC__SHUTDOWN_GRACE_SECONDS="0"
+    )
+    wait_until(lambda: invocation.status is InvocationStatus.RUNNING, 20)
+    os.kill(worker.pid, signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0, workers.log()
+    record = invocation.record()
+    assert record is not None and record.status is InvocationStatus.REGISTERED
+    assert (record.attempts, record.lost_attempts) == (1, 0)
+    gate.touch()
+    workers.start("--processes", "1", "--threads", "1")
+    assert invocation.get_result(timeout=30) == "finished"
+    record = invocation.record()
+    assert record is not None and (record.attempts, record.lost_attempts) == (2, 0)
+
+
 # -- 2. children of a killed supervisor stop ------------------------------------------------
 
 
