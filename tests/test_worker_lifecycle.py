@@ -12,11 +12,12 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 import pytest
 
@@ -219,3 +220,71 @@ def test_sigterm_during_the_respawn_back_off_stops_at_once(tmp_path: Path) -> No
     finally:
         kill_group(worker)
     assert stopped_in < 1.0, f"took {stopped_in:.2f}s to stop:\n{read_log(tmp_path)}"
+
+
+# -- 4. storage that cannot be reached at start ---------------------------------------------
+
+
+def _run_to_exit(process: subprocess.Popen[bytes], timeout: float) -> Optional[int]:
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None
+    finally:
+        kill_group(process)
+
+
+def _one_error_line(output: str) -> list[str]:
+    return [line for line in output.splitlines() if "error" in line.lower()]
+
+
+def test_a_database_that_cannot_be_opened_stops_the_worker_with_one_line(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "no-such-folder" / "w.sqlite3"
+    worker = start_command(
+        tmp_path, "tests.tasks_start_faults:app", "--processes", "2", "--db", str(db)
+    )
+    code = _run_to_exit(worker, 20)
+    output = read_log(tmp_path)
+    assert code == 2, output
+    assert "Traceback" not in output, output
+    errors = _one_error_line(output)
+    assert len(errors) == 1 and "cannot open the SQLite database" in errors[0], output
+    assert "no-such-folder" in errors[0]
+
+
+def test_a_tcp_server_down_at_start_stops_the_worker_with_one_line(tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    worker = start_command(
+        tmp_path, "tests.tasks_start_faults:app", "--processes", "1",
+        PYNENC__BROKER_URL=f"tcp://127.0.0.1:{port}",
+        PYNENC__BROKER_SECRET="x" * 32,
+        PYNENC__BROKER_RETRY_SECONDS="0.5",
+    )
+    code = _run_to_exit(worker, 20)
+    output = read_log(tmp_path)
+    assert code == 2, output
+    assert "Traceback" not in output, output
+    errors = _one_error_line(output)
+    assert len(errors) == 1 and "cannot reach the pynenc_lite server" in errors[0], output
+
+
+def test_a_child_that_cannot_reach_storage_at_its_start_is_not_respawned(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    worker = start_command(
+        tmp_path, "tests.tasks_start_faults:app", "--processes", "1",
+        "--db", str(folder / "w.sqlite3"),
+        TEST_START_FAULT="remove-db-folder", TEST_DB_FOLDER=str(folder),
+    )
+    code = _run_to_exit(worker, 20)
+    output = read_log(tmp_path)
+    assert code not in (0, None), output
+    assert "Traceback" not in output, output
+    assert output.count("cannot open the SQLite database") == 1, output
+    assert "holding" not in output, output  # it held nothing: say nothing about it

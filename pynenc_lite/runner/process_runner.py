@@ -30,6 +30,12 @@ When a child dies, the supervisor marks its leases expired instead of handing it
 back: the next claim then counts a lost attempt, so a task that kills its process (say with
 `os._exit`) ends FAILED with `WorkerLostError` after `max_lost_attempts`, instead of
 crashing workers for ever.
+
+A child that cannot use the storage as it starts (a database that cannot be opened, a server
+unreachable for `broker_retry_seconds`) logs one line and exits with `EXIT_NO_STORAGE`; the
+supervisor does not start another one (each would fail the same way), stops the others and
+`run()` raises `BackendError`. Storage that fails later, while children run, is retried by
+the children themselves (claims, heartbeats and stores are tried again, with back-off).
 """
 
 from __future__ import annotations
@@ -37,12 +43,14 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Optional, Union
 
+from pynenc_lite.errors import BackendError
 from pynenc_lite.importing import find_target, import_object
-from pynenc_lite.runner.base import BaseRunner, block_stop_signals
+from pynenc_lite.runner.base import BaseRunner, block_stop_signals, storage_problem
 from pynenc_lite.runner.thread_runner import (
     EXIT_HARD_STOP,
     STOP,
@@ -65,6 +73,9 @@ STOP_MARGIN_SECONDS = 5.0
 # A child that dies sooner than this after starting counts as crash-looping.
 QUICK_DEATH_SECONDS = 1.0
 MAX_RESPAWN_DELAY_SECONDS = 5.0
+# Exit code of a worker process that could not use the storage as it started (sysexits'
+# EX_CONFIG): the supervisor stops instead of starting it again and again.
+EXIT_NO_STORAGE = 78
 
 
 def _child_main(
@@ -92,6 +103,10 @@ def _child_main(
     # `load_app`); sys.path comes with the spawn, so importing it here finds the same app.
     runtime = runtime_of(import_object(target))
     runtime.conf = conf  # the supervisor's configuration, including run-time assignments
+    problem = storage_problem(runtime)
+    if problem is not None:
+        logger.error("worker process %d cannot use the storage: %s", os.getpid(), problem)
+        sys.exit(EXIT_NO_STORAGE)
     runner = ThreadRunner(
         runtime, threads=threads, worker_id=worker_id, hard_stop=True, control=control
     )
@@ -160,8 +175,11 @@ class ProcessRunner(BaseRunner):
         Raises:
             RuntimeError: already running.
             TargetError: the app cannot be imported by worker processes.
+            BackendError: a worker process could not use the storage as it started (its
+                own log line says why); the others were stopped.
         """
         previous = self._begin()
+        failure = ""
         try:
             owner = self.runtime.owner if self.runtime.owner is not None else self.app
             target = self._target or find_target(owner)
@@ -191,6 +209,14 @@ class ProcessRunner(BaseRunner):
                     self._forget(worker_id)
                     if burst and process.exitcode == 0:
                         continue
+                    if process.exitcode == EXIT_NO_STORAGE:
+                        failure = (
+                            f"worker process {process.pid} could not use the storage as it "
+                            "started (its error is logged above); not starting more: fix the "
+                            "storage, then start the worker again"
+                        )
+                        self.stop_runner_loop()
+                        break
                     self._recover(worker_id, process)
                     # A process that ended itself to stop a task is not crash-looping.
                     quick = (
@@ -208,6 +234,8 @@ class ProcessRunner(BaseRunner):
                 self._stop_children()
             finally:
                 self._end(previous)
+        if failure:
+            raise BackendError(failure)
 
     def _spawn(self, context: Any, target: str, burst: bool, log_level: Optional[str]) -> None:
         self._started += 1
@@ -253,11 +281,17 @@ class ProcessRunner(BaseRunner):
         return True
 
     def _recover(self, worker_id: str, process: BaseProcess) -> None:
+        """Expire a dead child's leases at once (its work is claimed again, counting a lost
+        attempt) and say how it ended."""
         try:
             expired = self.runtime.backend.expire_leases(worker_id)
-        except Exception:
+        except Exception as exc:
             expired = -1
-            logger.exception("could not expire the leases of %s; they expire on time", worker_id)
+            logger.warning(
+                "could not expire the leases of %s now (%s); they run out on their own",
+                worker_id,
+                exc,
+            )
         if process.exitcode == 0:
             # Stopped gracefully on its own (a signal sent to it alone): it handed back its
             # work; only a lease it could not hand back was expired above.
@@ -275,13 +309,17 @@ class ProcessRunner(BaseRunner):
                 process.pid,
             )
             return
+        held = (
+            f"holding {expired} invocation(s), claimed again now"
+            if expired >= 0
+            else "(what it held is claimed again when the leases run out)"
+        )
         logger.error(
-            "worker process %s (pid %s) exited with code %s holding %s invocation(s); they "
-            "will be claimed again, and a new process replaces it",
+            "worker process %s (pid %s) exited with code %s %s; a new process replaces it",
             worker_id,
             process.pid,
             process.exitcode,
-            expired if expired >= 0 else "some",
+            held,
         )
 
     def _stop_children(self) -> None:
