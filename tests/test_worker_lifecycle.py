@@ -24,7 +24,7 @@ import pytest
 from pynenc_lite import InvocationStatus
 from tests import tasks_proc
 from tests.helpers import wait_until
-from tests.test_tcp_helpers import subprocess_env
+from tests.test_tcp_helpers import ServerProcess, running_server, subprocess_env
 from tests.test_worker_processes import ROOT, Workers, child_pids, statuses
 
 # Stop signals: how long a stop may take beyond the grace period it asked for (a cold
@@ -288,3 +288,70 @@ def test_a_child_that_cannot_reach_storage_at_its_start_is_not_respawned(
     assert "Traceback" not in output, output
     assert output.count("cannot open the SQLite database") == 1, output
     assert "holding" not in output, output  # it held nothing: say nothing about it
+
+
+# -- 5. a TCP worker whose server is gone stops in bounded time ------------------------------
+
+
+@pytest.fixture
+def tcp_server(tmp_path: Path) -> Iterator[ServerProcess]:
+    yield from running_server(tmp_path)
+
+
+@pytest.mark.slow
+def test_a_tcp_worker_whose_server_died_stops_within_the_grace(
+    tcp_server: ServerProcess, tmp_path: Path
+) -> None:
+    grace = 2.0
+    gate = tmp_path / "gate"  # never created: the task outlasts the grace period
+    client = tcp_server.backend()
+    worker = start_command(
+        tmp_path, "tests.tasks_proc:app", "--processes", "2", "--threads", "2",
+        PYNENC__BROKER_URL=tcp_server.url,
+        PYNENC__BROKER_SECRET_FILE=str(tcp_server.secret_file),
+        PYNENC__SHUTDOWN_GRACE_SECONDS=str(grace),
+        PYNENC__HEARTBEAT_INTERVAL_SECONDS="0.2",
+    )
+    try:
+        app = tasks_proc.app
+        app.close()
+        app.conf.broker_url = tcp_server.url
+        app.conf.broker_secret_file = str(tcp_server.secret_file)
+        invocation = tasks_proc.wait_for_file(str(gate), 120.0)
+        wait_until(lambda: invocation.status is InvocationStatus.RUNNING, 20)
+        app.close()
+        tcp_server.kill()
+        started = time.monotonic()
+        os.kill(worker.pid, signal.SIGTERM)
+        code = _run_to_exit(worker, grace + 60)
+        stopped_in = time.monotonic() - started
+    finally:
+        kill_group(worker)
+        client.close()
+        tasks_proc.app.close()
+        tasks_proc.app.conf.broker_url = None
+        tasks_proc.app.conf.broker_secret_file = None
+    output = read_log(tmp_path)
+    assert code == 0, output
+    assert stopped_in < grace + STOP_SLACK_SECONDS, f"{stopped_in:.1f}s:\n{output}"
+    assert "did not stop" not in output, output  # the log is true: each child stopped itself
+
+
+def test_a_retry_budget_shortens_calls_to_an_unreachable_server() -> None:
+    from pynenc_lite.backend.tcp.client import RemoteBackend
+    from pynenc_lite.errors import BackendError
+
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    client = RemoteBackend("127.0.0.1", port, secret=b"x" * 32, retry_seconds=30.0)
+    try:
+        client.set_retry_budget(0.3)
+        started = time.monotonic()
+        with pytest.raises(BackendError, match="cannot reach"):
+            client.next_run_at("app")
+        assert time.monotonic() - started < 3.0
+        client.set_retry_budget(None)
+        assert client.retry_seconds == 30.0  # the configured limit is untouched
+    finally:
+        client.close()

@@ -53,6 +53,10 @@ def _stop_running_runners() -> None:
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# While a runner stops, how long one call to unreachable storage may keep retrying (see
+# `Backend.set_retry_budget`), and how long the stop waits for a thread still inside such a
+# call: together they bound a stop at about the grace period plus a few seconds.
+STOP_RETRY_SECONDS = 1.0
 
 
 def storage_problem(runtime: Runtime) -> Optional[str]:

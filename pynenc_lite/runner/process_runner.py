@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import sys
 import threading
@@ -50,7 +51,12 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 
 from pynenc_lite.errors import BackendError
 from pynenc_lite.importing import find_target, import_object
-from pynenc_lite.runner.base import BaseRunner, block_stop_signals, storage_problem
+from pynenc_lite.runner.base import (
+    STOP_RETRY_SECONDS,
+    BaseRunner,
+    block_stop_signals,
+    storage_problem,
+)
 from pynenc_lite.runner.thread_runner import (
     EXIT_HARD_STOP,
     STOP,
@@ -103,7 +109,9 @@ def _child_main(
     # `load_app`); sys.path comes with the spawn, so importing it here finds the same app.
     runtime = runtime_of(import_object(target))
     runtime.conf = conf  # the supervisor's configuration, including run-time assignments
-    problem = storage_problem(runtime)
+    problem = _check_storage(runtime, control)
+    if problem == _STOPPED:
+        return  # told to stop (or orphaned) while waiting for the storage: nothing held
     if problem is not None:
         logger.error("worker process %d cannot use the storage: %s", os.getpid(), problem)
         sys.exit(EXIT_NO_STORAGE)
@@ -111,6 +119,32 @@ def _child_main(
         runtime, threads=threads, worker_id=worker_id, hard_stop=True, control=control
     )
     runner.run(burst=burst)
+    # All handed back, or left to its leases. End now: at interpreter exit, threads still
+    # inside calls to storage that stopped answering (the hub's watcher) would be waited for.
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    logging.shutdown()
+    os._exit(0)
+
+
+_STOPPED = "(stopped while checking)"
+
+
+def _check_storage(runtime: Runtime, control: Connection) -> Optional[str]:
+    """`storage_problem` in a helper thread while this one watches the control pipe: a
+    server that is down retries for `broker_retry_seconds`, and a stop (or the supervisor's
+    death) meanwhile must not wait for that. Returns `_STOPPED` for a stop."""
+    answer_reader, answer_writer = multiprocessing.Pipe(duplex=False)
+
+    def check() -> None:
+        answer_writer.send(storage_problem(runtime))
+
+    threading.Thread(target=check, name="pynenc-lite-storage-check", daemon=True).start()
+    ready = multiprocessing.connection.wait([answer_reader, control])
+    if answer_reader in ready:
+        problem: Optional[str] = answer_reader.recv()
+        return problem
+    return _STOPPED
 
 
 class ProcessRunner(BaseRunner):
@@ -280,9 +314,11 @@ class ProcessRunner(BaseRunner):
             self._sleep_until_woken(timeout=remaining)
         return True
 
-    def _recover(self, worker_id: str, process: BaseProcess) -> None:
+    def _recover(self, worker_id: str, process: BaseProcess, *, replaced: bool = True) -> bool:
         """Expire a dead child's leases at once (its work is claimed again, counting a lost
-        attempt) and say how it ended."""
+        attempt) and say how it ended (and, if `replaced`, that a new process replaces it).
+        Returns False if the storage could not be reached."""
+        replacing = "; a new process replaces it" if replaced else ""
         try:
             expired = self.runtime.backend.expire_leases(worker_id)
         except Exception as exc:
@@ -295,46 +331,53 @@ class ProcessRunner(BaseRunner):
         if process.exitcode == 0:
             # Stopped gracefully on its own (a signal sent to it alone): it handed back its
             # work; only a lease it could not hand back was expired above.
-            logger.info(
-                "worker process %s (pid %s) stopped; a new process replaces it",
-                worker_id,
-                process.pid,
-            )
-            return
+            logger.info("worker process %s (pid %s) stopped%s", worker_id, process.pid, replacing)
+            return expired >= 0
         if process.exitcode == EXIT_HARD_STOP:
             logger.info(
                 "worker process %s (pid %s) ended itself to stop a task (time limit or "
-                "cancel); a new process replaces it",
+                "cancel)%s",
                 worker_id,
                 process.pid,
+                replacing,
             )
-            return
+            return expired >= 0
         held = (
             f"holding {expired} invocation(s), claimed again now"
             if expired >= 0
             else "(what it held is claimed again when the leases run out)"
         )
         logger.error(
-            "worker process %s (pid %s) exited with code %s %s; a new process replaces it",
+            "worker process %s (pid %s) exited with code %s %s%s",
             worker_id,
             process.pid,
             process.exitcode,
             held,
+            replacing,
         )
+        return expired >= 0
 
     def _stop_children(self) -> None:
-        """Tell every child to stop (graceful), wait, then SIGKILL stragglers and recover."""
+        """Tell every child to stop (graceful), wait, then SIGKILL stragglers and recover.
+
+        Bounded whatever the storage does: children get `shutdown_grace_seconds` plus
+        `STOP_MARGIN_SECONDS`, and expiring the leases of the ones that had to be killed
+        (or that crashed meanwhile) retries unreachable storage for `STOP_RETRY_SECONDS`
+        once, not once per child.
+        """
         grace = self.runtime.conf.shutdown_grace_seconds
         for worker_id in self._children:
             self._tell(worker_id, STOP)
         deadline = time.monotonic() + grace + STOP_MARGIN_SECONDS
         forwarded = self._signals
         pending = dict(self._children)
+        ended: list[tuple[str, BaseProcess]] = []  # (worker id, process) that ended
         while True:
             for worker_id, (process, _) in list(pending.items()):
                 if not process.is_alive():
                     process.join()
                     del pending[worker_id]
+                    ended.append((worker_id, process))
             remaining = deadline - time.monotonic()
             if not pending or remaining <= 0:
                 break
@@ -347,13 +390,29 @@ class ProcessRunner(BaseRunner):
                 for worker_id in pending:
                     self._tell(worker_id, STOP_NOW)
         for worker_id, (process, _) in pending.items():
-            logger.error("worker process %s did not stop in time; killing it", process.pid)
-            process.kill()
+            if process.is_alive():  # (it may have ended since the last look)
+                logger.error(
+                    "worker process %s did not stop within %.0fs; killing it",
+                    process.pid,
+                    grace + STOP_MARGIN_SECONDS,
+                )
+                process.kill()
             process.join()
-            self._recover(worker_id, process)
+            ended.append((worker_id, process))
         self._children.clear()
         for worker_id in list(self._controls):
             self._forget(worker_id)
+        # A child that exited 0 handed its work back; the others' leases are expired now.
+        lost = [(w, p) for w, p in ended if p.exitcode not in (0, EXIT_NO_STORAGE)]
+        if lost:
+            backend = self.runtime.backend
+            backend.set_retry_budget(STOP_RETRY_SECONDS)
+            try:
+                for worker_id, process in lost:
+                    if not self._recover(worker_id, process, replaced=False):
+                        break  # storage unreachable: the other leases run out on their own
+            finally:
+                backend.set_retry_budget(None)
 
     @staticmethod
     def _child_log_level() -> Optional[str]:

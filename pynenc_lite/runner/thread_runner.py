@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Callable, Optional, Union
 
 from pynenc_lite.backend.base import WorkerInfo
 from pynenc_lite.runner import upkeep
-from pynenc_lite.runner.base import BaseRunner
+from pynenc_lite.runner.base import STOP_RETRY_SECONDS, BaseRunner
 from pynenc_lite.runner.dispatcher import IDLE_CHECK_SECONDS, Dispatcher
 from pynenc_lite.runner.pool import WorkPool
 from pynenc_lite.runtime import HasRuntime, Runtime, runtime_of
@@ -59,6 +59,12 @@ logger = logging.getLogger(__name__)
 
 # How long stopping waits for idle worker threads to end.
 THREAD_EXIT_SECONDS = 5.0
+# How long stopping waits for the heartbeat thread (milliseconds unless it is inside a call
+# to storage that stopped answering; that call is not worth waiting for).
+HEARTBEAT_JOIN_SECONDS = 0.2
+# Once stopping, how long after the grace period the dispatcher may take to return (it
+# only does not when it is inside a call to storage that stopped answering).
+DISPATCHER_JOIN_SECONDS = 0.5
 # Exit code of a worker process that ended itself to stop a task (time limit, cancel).
 EXIT_HARD_STOP = 75
 # Messages on a worker process's control pipe from its supervisor: stop gracefully; stop
@@ -209,18 +215,44 @@ class ThreadRunner(BaseRunner):
         )
         self._ready.set()
         try:
-            # This thread only supervises, so a signal handler never interrupts code that
-            # holds a lock: it sets a flag, read here.
-            while not self._dispatcher_done.is_set():
-                # The dispatcher wakes us when it returns; signals and the supervisor too.
-                self._sleep_until_woken([self._control] if self._control is not None else [])
-                self._read_control()
-                if self._signals or self._asked_to_stop:
-                    self._on_stop_request()
-            dispatching.join()
+            self._supervise(dispatching)
         finally:
             hub.remove_work_listener(pool.hint_work)
             self._finish(pool, heartbeat)
+
+    def _supervise(self, dispatching: threading.Thread) -> None:
+        """Sleep until the dispatcher returns, acting on stop requests meanwhile.
+
+        This thread only supervises, so a signal handler never interrupts code that holds a
+        lock: it sets a flag, read here. Once stopping, the dispatcher gets the grace period
+        and `DISPATCHER_JOIN_SECONDS` more: one still inside a call to storage that stopped
+        answering (a TCP call retries for `broker_retry_seconds`) is left behind, and the
+        run finishes without it.
+        """
+        give_up_at: Optional[float] = None
+        while not self._dispatcher_done.is_set():
+            timeout = None if give_up_at is None else max(0.0, give_up_at - time.monotonic())
+            # The dispatcher wakes us when it returns; signals and the supervisor too.
+            self._sleep_until_woken(
+                [self._control] if self._control is not None else [], timeout
+            )
+            self._read_control()
+            if self._signals or self._asked_to_stop:
+                self._on_stop_request()
+            if self._pool.stopping:
+                grace = 0.0 if self._pool.force else self.runtime.conf.shutdown_grace_seconds
+                latest = time.monotonic() + grace + DISPATCHER_JOIN_SECONDS
+                give_up_at = latest if give_up_at is None else min(give_up_at, latest)
+            if give_up_at is not None and time.monotonic() >= give_up_at:
+                if self._dispatcher_done.is_set():
+                    break
+                logger.warning(
+                    "the dispatcher of %s is still waiting for the storage after the grace "
+                    "period; finishing without it",
+                    self.worker_id,
+                )
+                return
+        dispatching.join()
 
     def _dispatch(self, dispatcher: Dispatcher, burst: bool) -> None:
         try:
@@ -281,16 +313,27 @@ class ThreadRunner(BaseRunner):
         """After the dispatcher returned: hand back what is still running, end the threads."""
         self.stop_runner_loop()
         # Stop heartbeats first: one after remove_worker() would announce us alive again.
+        # (One stuck in a call to unreachable storage is not waited for: that call can only
+        # extend leases of what we still hold, and the worker row it may write goes stale.)
         self._stop_heartbeat.set()
-        heartbeat.join()
+        heartbeat.join(HEARTBEAT_JOIN_SECONDS)
         backend = self.runtime.backend
         unfinished = pool.hand_back_all()
+        # Storage that stopped answering must not hold the stop up: what cannot be handed
+        # back now keeps its lease, which runs out (that is what leases are for).
+        backend.set_retry_budget(STOP_RETRY_SECONDS)
         try:
             handed_back = backend.release(self.worker_id, self.clock())
             backend.remove_worker(self.worker_id)
-        except Exception:
+        except Exception as exc:
             handed_back = 0
-            logger.exception("handing back work failed; its leases will expire instead")
+            logger.error(
+                "handing back work failed (%s); its leases run out instead, after "
+                "lease_seconds",
+                exc,
+            )
+        finally:
+            backend.set_retry_budget(None)
         # Wait for the idle threads to end, so run() returns with no thread of ours left
         # but those still inside an abandoned task (they end when it returns).
         pool.end_threads(self.threads, unfinished, THREAD_EXIT_SECONDS)
