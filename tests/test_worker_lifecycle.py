@@ -21,7 +21,10 @@ from typing import Iterator, Optional
 
 import pytest
 
-from pynenc_lite import InvocationStatus
+from pynenc_lite import InvocationStatus, Pynenc
+from pynenc_lite.backend.base import Outcome
+from pynenc_lite.errors import BackendError
+from pynenc_lite.runtime import runtime_of
 from tests import tasks_proc
 from tests.helpers import wait_until
 from tests.test_tcp_helpers import ServerProcess, running_server, subprocess_env
@@ -339,7 +342,6 @@ def test_a_tcp_worker_whose_server_died_stops_within_the_grace(
 
 def test_a_retry_budget_shortens_calls_to_an_unreachable_server() -> None:
     from pynenc_lite.backend.tcp.client import RemoteBackend
-    from pynenc_lite.errors import BackendError
 
     with socket.socket() as probe:  # a loopback port nobody listens on
         probe.bind(("127.0.0.1", 0))
@@ -355,3 +357,82 @@ def test_a_retry_budget_shortens_calls_to_an_unreachable_server() -> None:
         assert client.retry_seconds == 30.0  # the configured limit is untouched
     finally:
         client.close()
+
+
+# -- 6. a hard stop does not hand back the invocation that caused it -------------------------
+
+
+def test_a_time_limit_whose_failure_store_failed_once_is_not_run_again(tmp_path: Path) -> None:
+    from tests import tasks_hard_stop
+
+    db = tmp_path / "hard.sqlite3"
+    flag = tmp_path / "fail-store-once"
+    flag.touch()
+    runs = tmp_path / "runs.log"
+    app = tasks_hard_stop.app
+    app.close()
+    app.conf.sqlite_db_path = str(db)
+    worker = start_command(
+        tmp_path, "tests.tasks_hard_stop:app", "--processes", "1", "--threads", "1",
+        PYNENC__SQLITE_DB_PATH=str(db), PYNENC__HEARTBEAT_INTERVAL_SECONDS="0.05",
+        TEST_FAIL_STORE_ONCE=str(flag),
+    )
+    try:
+        invocation = tasks_hard_stop.spins(str(runs))
+        wait_until(lambda: invocation.status is InvocationStatus.FAILED, 30)
+        changes = [h.status.value for h in app.backend.get_history(invocation.invocation_id)]
+        record = invocation.record()
+    finally:
+        kill_group(worker)
+        app.close()
+    output = read_log(tmp_path)
+    assert not flag.exists(), "the injected store failure never happened:\n" + output
+    assert len(runs.read_text().split()) == 1, output  # it ran once
+    assert changes == ["REGISTERED", "RUNNING", "FAILED"], output  # never handed back
+    assert record is not None and record.attempts == 1
+    assert record.error is not None and "TaskTimeLimitError" in record.error
+
+
+class _ProcessEnded(Exception):
+    """Stands for `os._exit` in the in-process hard-stop tests."""
+
+
+@pytest.mark.parametrize("failures, stored", [(1, True), (1000, False)])
+def test_a_hard_stop_hands_work_back_only_once_its_outcomes_are_stored(
+    core_app: Pynenc, monkeypatch: pytest.MonkeyPatch, failures: int, stored: bool
+) -> None:
+    """The dispatcher's side of a hard stop, in this process: the time limit's failure is
+    retried until stored; if it cannot be, the runner is told not to hand work back."""
+    from pynenc_lite.runner import dispatcher as dispatching
+    from pynenc_lite.runner.pool import WorkPool
+
+    runtime = runtime_of(core_app)
+    backend = runtime.backend
+    real_store = backend.complete_many
+    left = [failures]
+
+    def complete_many(outcomes: list[Outcome], worker_id: str, now: float) -> list[bool]:
+        if left[0] > 0:
+            left[0] -= 1
+            raise BackendError("storage down (injected by the test)")
+        return real_store(outcomes, worker_id, now)
+
+    monkeypatch.setattr(backend, "complete_many", complete_many)
+    monkeypatch.setattr(dispatching, "HARD_STOP_STORE_SECONDS", 0.5)
+    pool = WorkPool(1)
+    pool.add_outcome(Outcome("inv-1", InvocationStatus.FAILED, None, "TaskTimeLimitError: x"))
+    pool.ask_hard_stop("time limit")
+    told: list[tuple[str, bool]] = []
+
+    def stop_process(reason: str, outcomes_stored: bool) -> None:
+        told.append((reason, outcomes_stored))
+        raise _ProcessEnded
+
+    dispatcher = dispatching.Dispatcher(
+        runtime, pool, worker_id="w-test", clock=time.time, hard_stop=True,
+        stop_process=stop_process,
+    )
+    with pytest.raises(_ProcessEnded):
+        dispatcher.run(burst=False)
+    assert told == [("time limit", stored)]
+    assert [o.invocation_id for o in pool.outcomes] == ([] if stored else ["inv-1"])

@@ -261,17 +261,37 @@ class ThreadRunner(BaseRunner):
             self._dispatcher_done.set()
             self._wake()
 
-    def _stop_process(self, reason: str) -> None:
-        """Hard stop (process runner children only): hand back our other work and end this
-        process, which is the only way to stop a running Python thread. The supervisor
-        starts a replacement."""
-        logger.warning(
-            "%s: ending worker process %d; its other work is handed back", reason, os.getpid()
-        )
+    def _stop_process(self, reason: str, outcomes_stored: bool) -> None:
+        """Hard stop (process runner children only): end this process, which is the only
+        way to stop a running Python thread. The supervisor starts a replacement.
+
+        Our other work is handed back only if every outcome was stored (`outcomes_stored`),
+        that of the invocation whose time limit caused the stop included. Otherwise nothing
+        is handed back: `release` would put that invocation back as new, to run again
+        without counting an attempt. Its lease (and our others) is left to run out instead:
+        it is then claimed again as a lost attempt, counted against `max_lost_attempts`,
+        and still gets exactly one outcome. (A cancelled invocation is final already:
+        `release` never touches it.)"""
+        backend = self.runtime.backend
         self._stop_heartbeat.set()
         try:
-            self.runtime.backend.release(self.worker_id, self.clock())
-            self.runtime.backend.remove_worker(self.worker_id)
+            if outcomes_stored:
+                logger.warning(
+                    "%s: ending worker process %d; its other work is handed back",
+                    reason,
+                    os.getpid(),
+                )
+                backend.set_retry_budget(STOP_RETRY_SECONDS)
+                backend.release(self.worker_id, self.clock())
+                backend.remove_worker(self.worker_id)
+            else:
+                logger.error(
+                    "%s: ending worker process %d; outcomes could not be stored, so nothing "
+                    "is handed back: its leases run out and what it held runs again as a "
+                    "lost attempt",
+                    reason,
+                    os.getpid(),
+                )
         finally:
             logging.shutdown()
             os._exit(EXIT_HARD_STOP)
