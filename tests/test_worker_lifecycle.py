@@ -21,14 +21,21 @@ from typing import Iterator, Optional
 
 import pytest
 
-from pynenc_lite import InvocationStatus, Pynenc
+from pynenc_lite import Invocation, InvocationStatus, Pynenc
 from pynenc_lite.backend.base import Outcome
 from pynenc_lite.errors import BackendError
 from pynenc_lite.runtime import runtime_of
 from tests import tasks_proc
 from tests.helpers import wait_until
 from tests.test_tcp_helpers import ServerProcess, running_server, subprocess_env
-from tests.test_worker_processes import ROOT, Workers, child_pids, statuses
+from tests.test_worker_processes import (
+    ROOT,
+    Workers,
+    child_pids,
+    proc_db,
+    started_workers,
+    statuses,
+)
 
 # Stop signals: how long a stop may take beyond the grace period it asked for (a cold
 # interpreter on a loaded CI machine included).
@@ -37,28 +44,33 @@ STOP_SLACK_SECONDS = 4.0
 
 @pytest.fixture
 def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A fresh database for tasks_proc.app, with short leases so recovery is quick."""
-    for name in list(os.environ):
-        if name.startswith("PYNENC__"):
-            monkeypatch.delenv(name)
-    path = tmp_path / "proc.sqlite3"
-    app = tasks_proc.app
-    app.close()
-    app.conf.sqlite_db_path = str(path)
-    app.conf.heartbeat_interval_seconds = 0.2
-    app.conf.lease_seconds = 1.0
-    app.conf.no_worker_warning_seconds = 30.0
-    yield path
-    app.close()
+    yield from proc_db(tmp_path, monkeypatch)
 
 
 @pytest.fixture
 def workers(db: Path, tmp_path: Path) -> Iterator[Workers]:
-    w = Workers(db, tmp_path)
-    try:
-        yield w
-    finally:
-        w.kill_all()
+    yield from started_workers(db, tmp_path)
+
+
+def unused_port() -> int:
+    """A loopback port nobody listens on (bound, then released, by this call)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def one_task_running(
+    workers: Workers, tmp_path: Path, grace: str
+) -> tuple[subprocess.Popen[bytes], Invocation[str]]:
+    """A worker command (one process, one thread) running a task that waits for the file
+    `tmp_path / "gate"`, with `grace` as its shutdown_grace_seconds."""
+    invocation = tasks_proc.wait_for_file(str(tmp_path / "gate"), 60.0)
+    worker = workers.start(
+        "--processes", "1", "--threads", "1", PYNENC__SHUTDOWN_GRACE_SECONDS=grace
+    )
+    wait_until(lambda: invocation.status is InvocationStatus.RUNNING, 20)
+    return worker, invocation
 
 
 def is_running(pid: int) -> bool:
@@ -137,12 +149,7 @@ def test_sigterm_lets_tasks_that_fit_the_grace_finish(
 
 
 def test_a_second_group_signal_skips_the_grace(workers: Workers, tmp_path: Path, db: Path) -> None:
-    gate = tmp_path / "gate"
-    invocation = tasks_proc.wait_for_file(str(gate), 60.0)
-    worker = workers.start(
-        "--processes", "1", "--threads", "1", PYNENC__SHUTDOWN_GRACE_SECONDS="60"
-    )
-    wait_until(lambda: invocation.status is InvocationStatus.RUNNING, 20)
+    worker, invocation = one_task_running(workers, tmp_path, grace="60")
     os.killpg(worker.pid, signal.SIGTERM)
     wait_until(lambda: "finishing running tasks" in workers.log(), 10)
     os.killpg(worker.pid, signal.SIGTERM)
@@ -156,18 +163,13 @@ def test_a_second_group_signal_skips_the_grace(workers: Workers, tmp_path: Path,
 def test_work_handed_back_on_a_graceful_stop_is_not_a_lost_attempt(
     workers: Workers, tmp_path: Path, db: Path
 ) -> None:
-    gate = tmp_path / "gate"
-    invocation = tasks_proc.wait_for_file(str(gate), 60.0)
-    worker = workers.start(
-        "--processes", "1", "--threads", "1", PYNENC__SHUTDOWN_GRACE_SECONDS="0"
-    )
-    wait_until(lambda: invocation.status is InvocationStatus.RUNNING, 20)
+    worker, invocation = one_task_running(workers, tmp_path, grace="0")
     os.kill(worker.pid, signal.SIGTERM)
     assert worker.wait(timeout=30) == 0, workers.log()
     record = invocation.record()
     assert record is not None and record.status is InvocationStatus.REGISTERED
     assert (record.attempts, record.lost_attempts) == (1, 0)
-    gate.touch()
+    (tmp_path / "gate").touch()
     workers.start("--processes", "1", "--threads", "1")
     assert invocation.get_result(timeout=30) == "finished"
     record = invocation.record()
@@ -258,9 +260,7 @@ def test_a_database_that_cannot_be_opened_stops_the_worker_with_one_line(
 
 
 def test_a_tcp_server_down_at_start_stops_the_worker_with_one_line(tmp_path: Path) -> None:
-    with socket.socket() as probe:  # a loopback port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = unused_port()
     worker = start_command(
         tmp_path, "tests.tasks_start_faults:app", "--processes", "1",
         PYNENC__BROKER_URL=f"tcp://127.0.0.1:{port}",
@@ -343,9 +343,7 @@ def test_a_tcp_worker_whose_server_died_stops_within_the_grace(
 def test_a_retry_budget_shortens_calls_to_an_unreachable_server() -> None:
     from pynenc_lite.backend.tcp.client import RemoteBackend
 
-    with socket.socket() as probe:  # a loopback port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = unused_port()
     client = RemoteBackend("127.0.0.1", port, secret=b"x" * 32, retry_seconds=30.0)
     try:
         client.set_retry_budget(0.3)
