@@ -243,36 +243,31 @@ def _one_error_line(output: str) -> list[str]:
     return [line for line in output.splitlines() if "error" in line.lower()]
 
 
-def test_a_database_that_cannot_be_opened_stops_the_worker_with_one_line(
-    tmp_path: Path,
+@pytest.mark.parametrize("storage", ["missing-folder", "tcp-server-down"])
+def test_storage_unusable_at_start_stops_the_worker_with_one_line(
+    tmp_path: Path, storage: str
 ) -> None:
-    db = tmp_path / "no-such-folder" / "w.sqlite3"
+    if storage == "missing-folder":
+        args = ["--db", str(tmp_path / "no-such-folder" / "w.sqlite3")]
+        env: dict[str, str] = {}
+        message = "cannot open the SQLite database"
+    else:
+        args = []
+        env = {
+            "PYNENC__BROKER_URL": f"tcp://127.0.0.1:{unused_port()}",
+            "PYNENC__BROKER_SECRET": "x" * 32,
+            "PYNENC__BROKER_RETRY_SECONDS": "0.5",
+        }
+        message = "cannot reach the pynenc_lite server"
     worker = start_command(
-        tmp_path, "tests.tasks_start_faults:app", "--processes", "2", "--db", str(db)
+        tmp_path, "tests.tasks_start_faults:app", "--processes", "2", *args, **env
     )
     code = _run_to_exit(worker, 20)
     output = read_log(tmp_path)
     assert code == 2, output
     assert "Traceback" not in output, output
     errors = _one_error_line(output)
-    assert len(errors) == 1 and "cannot open the SQLite database" in errors[0], output
-    assert "no-such-folder" in errors[0]
-
-
-def test_a_tcp_server_down_at_start_stops_the_worker_with_one_line(tmp_path: Path) -> None:
-    port = unused_port()
-    worker = start_command(
-        tmp_path, "tests.tasks_start_faults:app", "--processes", "1",
-        PYNENC__BROKER_URL=f"tcp://127.0.0.1:{port}",
-        PYNENC__BROKER_SECRET="x" * 32,
-        PYNENC__BROKER_RETRY_SECONDS="0.5",
-    )
-    code = _run_to_exit(worker, 20)
-    output = read_log(tmp_path)
-    assert code == 2, output
-    assert "Traceback" not in output, output
-    errors = _one_error_line(output)
-    assert len(errors) == 1 and "cannot reach the pynenc_lite server" in errors[0], output
+    assert len(errors) == 1 and message in errors[0], output
 
 
 def test_a_child_that_cannot_reach_storage_at_its_start_is_not_respawned(
