@@ -7,8 +7,15 @@ set PYNENC__BROKER_URL to a pynenc_lite server). SIGINT/SIGTERM stop it graceful
 tasks get `shutdown_grace_seconds`, unfinished work is handed back, and it exits 0; a second
 signal stops at once (the work is then recovered through its lease).
 
-Exit codes: 0 after a clean stop (or a drained queue with --burst), 2 for a bad target,
-a module that does not import, or an app with no tasks.
+Before starting anything it checks that the storage answers (over TCP, it keeps trying for
+`broker_retry_seconds`). Storage that cannot be used at start ends the command with one line
+saying what to fix; so does a worker process that cannot use it as it starts (it is not
+started again and again). Storage that fails later, while tasks run, is retried.
+
+Exit codes: 0 after a clean stop (or a drained queue with --burst); 2 for a bad target, a
+module that does not import, an app with no tasks, or storage that cannot be used at start
+(a database that cannot be opened, a server that cannot be reached) by the command or by a
+worker process.
 """
 
 from __future__ import annotations
@@ -18,10 +25,11 @@ import logging
 import sys
 from typing import Optional, Sequence
 
-from pynenc_lite.errors import PynencError
+from pynenc_lite.errors import BackendError, PynencError
 from pynenc_lite.loading import TargetError, load_app
 from pynenc_lite.runner import ProcessRunner, ThreadRunner
-from pynenc_lite.runner.base import block_stop_signals, unblock_stop_signals
+from pynenc_lite.runner.base import block_stop_signals, storage_problem, unblock_stop_signals
+from pynenc_lite.runtime import runtime_of
 
 logger = logging.getLogger("pynenc_lite.worker")
 
@@ -31,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pynenc_lite.worker",
         description="Run the tasks of a pynenc_lite app until stopped (Ctrl-C or SIGTERM).",
+        epilog="Exit codes: 0 after a clean stop; 2 for a bad target, an app with no tasks, "
+        "or storage that cannot be used at start (a database that cannot be opened, a "
+        "server that cannot be reached), one line saying what to fix.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
@@ -108,11 +119,12 @@ def _main(argv: Optional[Sequence[str]]) -> int:
                 f"app {app.app_id!r} ({target}) has no tasks: decorate functions with "
                 "@app.task or @app.direct_task in the module, or import the modules that do"
             )
-        backend = app.backend  # opens (and creates) the database now, so errors show here
+        backend = app.backend
+        problem = storage_problem(runtime_of(app))  # opens (creates) the database now
+        if problem is not None:
+            raise BackendError(problem)
     except PynencError as exc:
-        logger.debug("startup failed", exc_info=True)
-        print(f"pynenc_lite.worker: error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(exc)
     threads = args.threads or app.conf.max_threads
     logger.info(
         "worker for app %r (%s) on %r; tasks: %s; %s x %d threads",
@@ -123,13 +135,23 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         f"{args.processes} processes" if args.processes else "this process",
         threads,
     )
-    if args.processes == 0:
-        ThreadRunner(app, threads=threads).run(burst=args.burst)
-    else:
-        ProcessRunner(app, processes=args.processes, threads=threads, target=target).run(
-            burst=args.burst
-        )
+    try:
+        if args.processes == 0:
+            ThreadRunner(app, threads=threads).run(burst=args.burst)
+        else:
+            ProcessRunner(app, processes=args.processes, threads=threads, target=target).run(
+                burst=args.burst
+            )
+    except BackendError as exc:  # a worker process could not use the storage at its start
+        return _fail(exc)
     return 0
+
+
+def _fail(exc: PynencError) -> int:
+    """Say in one line what stopped the command (DEBUG adds the traceback); returns 2."""
+    logger.debug("the worker command stopped", exc_info=True)
+    print(f"pynenc_lite.worker: error: {exc}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

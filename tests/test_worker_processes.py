@@ -42,7 +42,12 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
 
 @pytest.fixture
 def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A fresh database for tasks_proc.app, with short leases so recovery is quick."""
+    yield from proc_db(tmp_path, monkeypatch)
+
+
+def proc_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A fresh database for tasks_proc.app, with short leases so recovery is quick (the
+    body of the `db` fixture of the worker-process test modules)."""
     for name in list(os.environ):
         if name.startswith("PYNENC__"):
             monkeypatch.delenv(name)
@@ -103,6 +108,11 @@ class Workers:
 
 @pytest.fixture
 def workers(db: Path, tmp_path: Path) -> Iterator[Workers]:
+    yield from started_workers(db, tmp_path)
+
+
+def started_workers(db: Path, tmp_path: Path) -> Iterator[Workers]:
+    """Worker commands for a test, all killed at its end (the body of `workers` fixtures)."""
     w = Workers(db, tmp_path)
     try:
         yield w

@@ -340,3 +340,10 @@ class Backend(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - an optional hook; doing nothing is right
         """Release connections and sockets held by this backend (idempotent)."""
+
+    def set_retry_budget(self, seconds: Optional[float]) -> None:  # noqa: B027 - optional hook
+        """Make calls started from now on give up on unreachable storage after about
+        `seconds` of retrying (None: back to the backend's own setting). A stopping runner
+        uses it so an outage cannot hold its stop up: what it cannot hand back keeps its
+        lease, which runs out. A local hook, never sent to a server. Default: nothing (SQLite
+        does not retry an unreachable file)."""

@@ -1,5 +1,6 @@
 """What every runner shares: starting in a background thread (`with app.runner:`), and
-turning SIGINT/SIGTERM into flags that the supervising thread acts on.
+turning SIGINT/SIGTERM into flags that the supervising thread acts on; and the check that
+the storage answers before a worker starts (`storage_problem`).
 
 A signal handler here only counts signals. Acting on them (stopping, forwarding) happens in
 the thread that called `run()`, so a handler never runs code that takes a lock the
@@ -17,9 +18,15 @@ import multiprocessing.connection
 import os
 import signal
 import threading
+import time
 import types
 import weakref
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
+
+from pynenc_lite.errors import PynencError
+
+if TYPE_CHECKING:
+    from pynenc_lite.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +53,25 @@ def _stop_running_runners() -> None:
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# While a runner stops, how long one call to unreachable storage may keep retrying (see
+# `Backend.set_retry_budget`), and how long the stop waits for a thread still inside such a
+# call: together they bound a stop at about the grace period plus a few seconds.
+STOP_RETRY_SECONDS = 1.0
+
+
+def storage_problem(runtime: Runtime) -> Optional[str]:
+    """Why the app's storage cannot be used now (one line), or None when it answers.
+
+    One cheap read through the backend: opening a SQLite file creates it and its tables, so a
+    missing folder or a read-only file shows here; over TCP the request keeps reconnecting
+    for `broker_retry_seconds` first. The worker command and each worker process ask this
+    before they start running tasks.
+    """
+    try:
+        runtime.backend.count_live_workers(runtime.app_id, time.time())
+    except (PynencError, OSError) as exc:
+        return str(exc)
+    return None
 
 
 def block_stop_signals() -> None:

@@ -37,6 +37,9 @@ logger = logging.getLogger(__name__)
 IDLE_CHECK_SECONDS = 1.0
 # Longest pause between attempts to store outcomes while storage fails.
 STORE_RETRY_MAX_SECONDS = 2.0
+# Before a hard stop ends the process, how long storing the waiting outcomes is retried
+# (heartbeats keep their leases meanwhile).
+HARD_STOP_STORE_SECONDS = 5.0
 
 
 class Dispatcher:
@@ -49,8 +52,9 @@ class Dispatcher:
         clock: the wall clock (seconds since the epoch).
         hard_stop: the process ends to stop a task (process runner children): passed to
             the time limits.
-        stop_process: called with the reason when the pool asks for a hard stop; does not
-            return.
+        stop_process: called when the pool asks for a hard stop, with the reason and
+            whether every outcome was stored first (only then may the process hand its
+            other work back); does not return.
     """
 
     def __init__(
@@ -61,7 +65,7 @@ class Dispatcher:
         worker_id: str,
         clock: Callable[[], float],
         hard_stop: bool,
-        stop_process: Callable[[str], None],
+        stop_process: Callable[[str, bool], None],
     ) -> None:
         self.runtime = runtime
         self.pool = pool
@@ -124,7 +128,7 @@ class Dispatcher:
                 # A finished invocation may let one held back by its running limit through.
                 want = want or pool.idle_for_claims()
             if hard_stop:
-                self._stop_process(hard_stop)
+                self._stop_process(hard_stop, self._store_before_hard_stop())
             if want:
                 claimed = self._claim(want)
                 if len(claimed) == want:
@@ -176,6 +180,31 @@ class Dispatcher:
             elif accepted and outcome.retry_at is not None:
                 due = self._next_due
                 self._next_due = outcome.retry_at if due is None else min(due, outcome.retry_at)
+
+    def _store_before_hard_stop(self) -> bool:
+        """Store every waiting outcome before the process ends, retrying for up to
+        `HARD_STOP_STORE_SECONDS`. Returns True when none is left.
+
+        Among them is the failure of the invocation whose time limit caused the hard stop.
+        Handing work back (`release`) covers every invocation this worker holds: with that
+        failure unstored, it would put the invocation back as new and it would run again,
+        without counting an attempt. So the runner hands back only once this returns True.
+        """
+        pool = self.pool
+        deadline = time.monotonic() + HARD_STOP_STORE_SECONDS
+        while True:
+            with pool.cond:
+                outcomes, pool.outcomes = pool.outcomes, []
+            if not outcomes:
+                return True
+            wait = self._store_not_before - time.monotonic()
+            if wait > 0:
+                if time.monotonic() + wait >= deadline:
+                    pool.put_back(outcomes)
+                    return False
+                with pool.cond:
+                    pool.cond.wait(wait)
+            self._store(outcomes)
 
     def _claim(self, limit: int) -> list[ClaimedInvocation]:
         c = self.runtime.conf

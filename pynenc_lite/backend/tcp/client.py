@@ -174,6 +174,7 @@ class RemoteBackend(Backend):
         self.host, self.port = host, self._pool.port
         self.retry_seconds = retry_seconds
         self.request_timeout_seconds = request_timeout_seconds
+        self._retry_budget: Optional[float] = None  # set_retry_budget: a shorter limit
 
     @property
     def url(self) -> str:
@@ -185,6 +186,9 @@ class RemoteBackend(Backend):
 
     def close(self) -> None:
         self._pool.close()
+
+    def set_retry_budget(self, seconds: Optional[float]) -> None:
+        self._retry_budget = None if seconds is None else max(float(seconds), 0.0)
 
     # -- one request ------------------------------------------------------------------------
 
@@ -223,7 +227,9 @@ class RemoteBackend(Backend):
         reply_seconds = self.request_timeout_seconds
         if name == "wait_for_change":
             reply_seconds += max(float(kwargs["timeout"]), 0.0)
-        deadline = time.monotonic() + self.retry_seconds
+        budget = self._retry_budget
+        retry_seconds = self.retry_seconds if budget is None else min(budget, self.retry_seconds)
+        deadline = time.monotonic() + retry_seconds
         failures = 0
         while True:
             channel = self._pool.acquire(deadline)
