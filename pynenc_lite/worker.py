@@ -12,8 +12,17 @@ Before starting anything it checks that the storage answers (over TCP, it keeps 
 saying what to fix; so does a worker process that cannot use it as it starts (it is not
 started again and again). Storage that fails later, while tasks run, is retried.
 
+Without --processes it follows the app's configuration, as pynenc's `runner start` does:
+`runner_cls = "ProcessRunner"` (or pynenc's process runner names) starts `runner_processes`
+processes (0: one per CPU), a `runner_cls` set to "ThreadRunner" runs threads in this
+process, and with neither set it supervises one worker process.
+
+An app whose module defines no task is served all the same (with a warning): a task is
+found by its name, `module.function`, by importing its module when its first invocation
+arrives, as pynenc finds tasks.
+
 Exit codes: 0 after a clean stop (or a drained queue with --burst); 2 for a bad target, a
-module that does not import, an app with no tasks, or storage that cannot be used at start
+module that does not import, or storage that cannot be used at start
 (a database that cannot be opened, a server that cannot be reached) by the command or by a
 worker process.
 """
@@ -22,11 +31,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Optional, Sequence
 
+from pynenc_lite.conf import PynencConfig
 from pynenc_lite.errors import BackendError, PynencError
-from pynenc_lite.loading import TargetError, load_app
+from pynenc_lite.loading import load_app
 from pynenc_lite.runner import ProcessRunner, ThreadRunner
 from pynenc_lite.runner.base import block_stop_signals, storage_problem, unblock_stop_signals
 from pynenc_lite.runtime import runtime_of
@@ -39,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pynenc_lite.worker",
         description="Run the tasks of a pynenc_lite app until stopped (Ctrl-C or SIGTERM).",
-        epilog="Exit codes: 0 after a clean stop; 2 for a bad target, an app with no tasks, "
+        epilog="Exit codes: 0 after a clean stop; 2 for a bad target "
         "or storage that cannot be used at start (a database that cannot be opened, a "
         "server that cannot be reached), one line saying what to fix.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -52,9 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--processes",
         type=int,
-        default=1,
+        default=None,
         help="worker processes to start and supervise (a dead one is replaced); 0 runs the "
-        "threads in this process, unsupervised",
+        "threads in this process, unsupervised (default: from the app's runner_cls and "
+        "runner_processes settings, else 1)",
     )
     parser.add_argument(
         "--threads",
@@ -101,7 +113,9 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         level=args.log_level or "INFO",  # until the app's own setting is known
         format="%(asctime)s %(levelname)s [%(processName)s] %(name)s: %(message)s",
     )
-    if args.processes < 0 or (args.threads is not None and args.threads < 1):
+    if (args.processes is not None and args.processes < 0) or (
+        args.threads is not None and args.threads < 1
+    ):
         parser.error("--processes must be >= 0 and --threads >= 1")
     try:
         app, target = load_app(args.target)
@@ -115,10 +129,14 @@ def _main(argv: Optional[Sequence[str]]) -> int:
                 logger.info("--db %s given: not using broker_url %s", args.db, app.conf.broker_url)
                 app.conf.broker_url = None
         if not app.tasks:
-            raise TargetError(
-                f"app {app.app_id!r} ({target}) has no tasks: decorate functions with "
-                "@app.task or @app.direct_task in the module, or import the modules that do"
+            logger.warning(
+                "app %r (%s) has no tasks in its module; each task's module is imported by "
+                "name when its first invocation arrives (a module that does not import on "
+                "this worker fails that invocation, saying so)",
+                app.app_id,
+                target,
             )
+        processes = _processes(args.processes, app.conf)
         backend = app.backend
         problem = storage_problem(runtime_of(app))  # opens (creates) the database now
         if problem is not None:
@@ -132,19 +150,33 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         target,
         backend,
         ", ".join(sorted(app.tasks)),
-        f"{args.processes} processes" if args.processes else "this process",
+        f"{processes} processes" if processes else "this process",
         threads,
     )
     try:
-        if args.processes == 0:
+        if processes == 0:
             ThreadRunner(app, threads=threads).run(burst=args.burst)
         else:
-            ProcessRunner(app, processes=args.processes, threads=threads, target=target).run(
+            ProcessRunner(app, processes=processes, threads=threads, target=target).run(
                 burst=args.burst
             )
     except BackendError as exc:  # a worker process could not use the storage at its start
         return _fail(exc)
     return 0
+
+
+def _processes(given: Optional[int], conf: PynencConfig) -> int:
+    """Worker processes to start: --processes, else what the configuration says (see the
+    module docstring)."""
+    if given is not None:
+        return given
+    if conf.runner_cls == "ProcessRunner" and conf.source_of("runner_cls") != "default":
+        return conf.runner_processes or (os.cpu_count() or 1)
+    if conf.source_of("runner_cls") != "default":
+        return 0  # a thread runner was asked for: threads in this process
+    if conf.source_of("runner_processes") != "default" and conf.runner_processes:
+        return conf.runner_processes
+    return 1
 
 
 def _fail(exc: PynencError) -> int:

@@ -74,3 +74,43 @@ def test_sigterm_while_the_app_imports_is_a_clean_stop(tmp_path: Path) -> None:
     assert proc.returncode == 0, err
     assert "stopped" in err
     assert time.monotonic() - started < WAIT_SECONDS
+
+
+def test_tasks_in_other_modules_are_imported_when_their_work_arrives(tmp_path: Path) -> None:
+    (tmp_path / "appmod.py").write_text("from pynenc_lite import Pynenc\napp = Pynenc('lazy')\n")
+    (tmp_path / "taskmod.py").write_text(
+        "from appmod import app\n\n@app.task\ndef triple(x):\n    return 3 * x\n"
+    )
+    env = _env(tmp_path, PYNENC__SQLITE_DB_PATH=str(tmp_path / "lazy.sqlite3"))
+    submit = "import taskmod; print(taskmod.triple(5).invocation_id)"
+    done = subprocess.run([sys.executable, "-c", submit], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    worker = subprocess.run(  # the app's module defines no task
+        [sys.executable, "-m", "pynenc_lite.worker", "appmod:app", "--burst", "--processes", "0"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert worker.returncode == 0, worker.stderr
+    check = f"import appmod; print(appmod.app.get_invocation({done.stdout.strip()!r}).result)"
+    result = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "15", result.stderr
+
+
+def test_without_processes_flag_the_worker_follows_the_configuration(tmp_path: Path) -> None:
+    (tmp_path / "wtasks.py").write_text(TASKS)
+    cases = [
+        ({}, "1 processes"),  # nothing configured: one supervised process, as before
+        ({"PYNENC__RUNNER_CLS": "ThreadRunner"}, "this process"),
+        ({"PYNENC__RUNNER_CLS": "PersistentProcessRunner", "PYNENC__RUNNER_PROCESSES": "2"},
+         "2 processes"),
+    ]
+    for extra, expected in cases:
+        out = subprocess.run(
+            [sys.executable, "-m", "pynenc_lite.worker", "wtasks:app", "--burst",
+             "--db", str(tmp_path / "cfg.sqlite3")],
+            cwd=tmp_path, env=_env(tmp_path, **extra), capture_output=True, text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        assert f"{expected} x " in out.stderr, (extra, out.stderr)
