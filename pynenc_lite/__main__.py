@@ -11,10 +11,17 @@ the worker's log level to DEBUG. Anything else is the admin command line.
 
 from __future__ import annotations
 
+import signal
 import sys
-from typing import Optional, Sequence
 
-from pynenc_lite import admin, worker
+_STARTS_A_WORKER = "runner" in sys.argv and "start" in sys.argv
+if __name__ == "__main__" and _STARTS_A_WORKER and hasattr(signal, "pthread_sigmask"):
+    # As the worker command does: a stop during the imports below waits for the runner.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+
+from typing import Optional, Sequence  # noqa: E402
+
+from pynenc_lite import admin, worker  # noqa: E402
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -444,3 +444,8 @@ class Results(Generic[R]):
             f"<results of {len(self._group)} invocations, in completion order: iterate or "
             "list() them; results_in_order for input order>"
         )
+
+
+# pynenc's names for the same handles (`from pynenc_lite.invocation import DistributedInvocation`).
+DistributedInvocation = ConcurrentInvocation = BaseInvocation = Invocation
+DistributedInvocationGroup = ConcurrentInvocationGroup = BaseInvocationGroup = InvocationGroup

@@ -29,18 +29,25 @@ worker process.
 
 from __future__ import annotations
 
-import argparse
-import logging
-import os
-import sys
-from typing import Optional, Sequence
+import signal
 
-from pynenc_lite.conf import PynencConfig
-from pynenc_lite.errors import BackendError, PynencError
-from pynenc_lite.loading import load_app
-from pynenc_lite.runner import ProcessRunner, ThreadRunner
-from pynenc_lite.runner.base import block_stop_signals, storage_problem, unblock_stop_signals
-from pynenc_lite.runtime import runtime_of
+if __name__ == "__main__" and hasattr(signal, "pthread_sigmask"):
+    # First thing, before the imports below: a stop asked for while they run stays pending
+    # until the runner's handlers are in place (see `main`), instead of killing the command.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+
+import argparse  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+from typing import Optional, Sequence  # noqa: E402
+
+from pynenc_lite.conf import PynencConfig  # noqa: E402
+from pynenc_lite.errors import BackendError, PynencError  # noqa: E402
+from pynenc_lite.loading import load_app  # noqa: E402
+from pynenc_lite.runner import ProcessRunner, ThreadRunner  # noqa: E402
+from pynenc_lite.runner.base import block_stop_signals, storage_problem, unblock_stop_signals  # noqa: E402
+from pynenc_lite.runtime import runtime_of  # noqa: E402
 
 logger = logging.getLogger("pynenc_lite.worker")
 

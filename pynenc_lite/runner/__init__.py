@@ -8,4 +8,14 @@ from pynenc_lite.execution import RunningInvocation, current_invocation
 from pynenc_lite.runner.process_runner import ProcessRunner
 from pynenc_lite.runner.thread_runner import ThreadRunner
 
-__all__ = ["ProcessRunner", "RunningInvocation", "ThreadRunner", "current_invocation"]
+# pynenc's names: its process-based runners are one ProcessRunner here.
+MultiThreadRunner = PersistentProcessRunner = ProcessRunner
+
+__all__ = [
+    "MultiThreadRunner",
+    "PersistentProcessRunner",
+    "ProcessRunner",
+    "RunningInvocation",
+    "ThreadRunner",
+    "current_invocation",
+]
