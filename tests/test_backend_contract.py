@@ -42,7 +42,16 @@ def sqlite_store(tmp_path: Path) -> MakeBackend:
     return lambda: SQLiteBackend(path, poll_min_seconds=0.0005, poll_max_seconds=0.01)
 
 
-STORES = [pytest.param(sqlite_store, id="sqlite")]
+def memory_store(tmp_path: Path) -> MakeBackend:
+    """pynenc's Mem* components: one in-memory database, shared by every backend made on
+    its name in this process (each its own connections)."""
+    name = f"contract-{tmp_path.name}-{os.urandom(4).hex()}"
+    return lambda: SQLiteBackend(
+        name, memory=True, poll_min_seconds=0.0005, poll_max_seconds=0.01
+    )
+
+
+STORES = [pytest.param(sqlite_store, id="sqlite"), pytest.param(memory_store, id="memory")]
 
 
 @pytest.fixture(params=STORES)

@@ -202,11 +202,12 @@ class Backend(abc.ABC):
         `running_limit` invocations RUNNING (counting those this claim starts) is skipped
         and stays waiting, or, when its `reroute_on_concurrency_control` is False, becomes
         CONCURRENCY_CONTROLLED_FINAL in the same atomic unit (a final outcome, with no
-        payload and an error line naming the option). An expired one that was already lost as many times as its
-        own `NewInvocation.max_lost_attempts` allows (or, where it has none, this call's
-        `max_lost_attempts`) is FAILED instead of being handed out again, with the error
-        line of `errors.WorkerLostError.error_line`. Nothing is ever deleted by a claim. A claim
-        that finds nothing should be cheap (SQLite answers it with a read, no write lock).
+        payload and an error line naming the option). An expired one that was already lost
+        as many times as its own `NewInvocation.max_lost_attempts` allows (or, where it has
+        none, this call's `max_lost_attempts`) is FAILED instead of being handed out again,
+        with the error line of `errors.WorkerLostError.error_line`. Nothing is ever deleted
+        by a claim. A claim that finds nothing should be cheap (SQLite answers it with a
+        read, no write lock).
         """
 
     @abc.abstractmethod
