@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -65,19 +66,22 @@ def test_backends_on_one_name_share_it_and_the_last_close_frees_it(
     assert list(tmp_path.iterdir()) == []
 
 
-def test_the_database_outlives_the_threads_that_used_it() -> None:
-    """A thread's connection is closed when the next thread opens one after it ended; the
-    database must not vanish with it."""
-    import threading
-
-    backend = SQLiteBackend(f"threads-{uuid.uuid4().hex}", memory=True)
+def test_the_database_outlives_the_connections_of_the_threads_that_used_it() -> None:
+    """The connection of a thread that ended is closed (`_close_orphans`, run when the next
+    thread opens one); with no other connection open, the database would vanish with it."""
+    name = f"threads-{uuid.uuid4().hex}"
+    backend = SQLiteBackend(name, memory=True)
+    thread = threading.Thread(target=backend.submit, args=([_new("a")],))
+    thread.start()
+    thread.join(WAIT_SECONDS)
+    with backend._db._setup_lock:
+        backend._db._close_orphans()  # the thread's connection, the only one it opened
+    assert backend._db._connections == []
+    probe = SQLiteBackend(name, memory=True)
     try:
-        for i in range(3):
-            thread = threading.Thread(target=backend.submit, args=([_new(f"t{i}")],))
-            thread.start()
-            thread.join(WAIT_SECONDS)
-        assert backend.count_invocations_by_app() == {"mem": 3}
+        assert probe.get_invocation("a") is not None
     finally:
+        probe.close()
         backend.close()
 
 

@@ -316,22 +316,21 @@ class Database:
         return self._register(conn, lambda: self.retry_busy(lambda: schema.check(conn, self.path)))
 
     def _connect_memory(self) -> sqlite3.Connection:
-        uri = "file:" + urllib.parse.quote(self.path) + "?mode=memory&cache=shared"
-        try:
-            return sqlite3.connect(
-                uri, uri=True, timeout=0, isolation_level=None, check_same_thread=False
-            )
-        except sqlite3.Error as exc:
-            raise BackendError(
-                f"cannot open the in-memory SQLite database {self.path!r}: {exc}"
-            ) from exc
+        return self._connect_uri(
+            "file:" + urllib.parse.quote(self.path) + "?mode=memory&cache=shared"
+        )
 
     def _connect_uri(self, uri: str) -> sqlite3.Connection:
+        """A connection to `uri`: the in-memory database, or the file opened read-only."""
         try:
             return sqlite3.connect(
                 uri, uri=True, timeout=0, isolation_level=None, check_same_thread=False
             )
         except sqlite3.Error as exc:
+            if self.memory:
+                raise BackendError(
+                    f"cannot open the in-memory SQLite database {self.path!r}: {exc}"
+                ) from exc
             raise BackendError(
                 f"cannot open the SQLite database at {self.path!r} to read it: {exc}. Check "
                 "that the file exists and that this process may read it."
