@@ -12,7 +12,9 @@ The app is `--app TARGET` (as for the worker: module:attr, module or file.py), o
 plain `Pynenc()` configured from the environment (`PYNENC__SQLITE_DB_PATH`,
 `PYNENC__APP_ID`, `PYNENC__BROKER_URL`, ...) and pyproject.toml; `--db` and `--app-id`
 override both. Storage is reached only through the `Backend` protocol, so every command
-works the same on a local SQLite file and on a `tcp://` server. The commands that only read
+works the same on a local SQLite file and on a `tcp://` server (an app whose queue lives in
+the memory of its own process, pynenc's Mem* components, has nothing here to look at: every
+command but `config` says so and exits 2). The commands that only read
 (status, inspect, list) open a local file read-only, so they work on a file this user may
 not write; requeue, cancel and purge need write access to the file and its folder.
 
@@ -171,9 +173,15 @@ def open_backend(app: Pynenc, *, write: bool = False) -> Backend:
     line naming the file and what to fix.
 
     Raises:
-        CommandError: the SQLite file does not exist.
+        CommandError: the SQLite file does not exist, or the app keeps its queue in memory.
     """
     conf = app.conf
+    if app.runtime.is_in_memory:
+        raise CommandError(
+            f"nothing to look at: app {app.app_id!r} keeps its queue in the memory of the "
+            "process that runs it (pynenc's Mem* components), which another process cannot "
+            "see; use a SQLite file (or a tcp:// server) to inspect it from here"
+        )
     if conf.broker_url:
         return app.backend
     # Same default as Pynenc._make_backend: a typo in --db must not look like an empty queue.

@@ -107,7 +107,6 @@ PYNENC_ONLY_TASK_OPTIONS = frozenset({
     "call_result_cache",
     "disable_cache_args",
     "force_new_workflow",
-    "reroute_on_concurrency_control",
     "parallel_batch_size",
 })
 

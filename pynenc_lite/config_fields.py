@@ -64,7 +64,14 @@ def _is_tcp_url(value: str) -> bool:
 
 _BACKEND_HINT = (
     "; pynenc_lite only supports its SQLite backend: one file shared by the processes of one"
-    ' host, or a pynenc_lite server reached with broker_url = "tcp://host:port" for several hosts'
+    ' host, or a pynenc_lite server reached with broker_url = "tcp://host:port" for several'
+    " hosts (or, with pynenc's Mem* components, a SQLite database in one process's memory)"
+)
+_MEMORY_DOC = (
+    "pynenc's component choice. SQLite*: the queue is in the SQLite file (or on the tcp:// "
+    "server). Mem* (any of the three; or 'memory'): it lives in this process's memory, "
+    "shared by its threads only: nothing is written to disk, only thread runners can serve "
+    "it, and it is gone when the app is closed or the process ends."
 )
 
 FIELDS: tuple[Field, ...] = (
@@ -99,14 +106,11 @@ FIELDS: tuple[Field, ...] = (
     Field("broker_retry_seconds", float, 30.0,
           "How long a request to the TCP server keeps reconnecting (a server restart) before "
           "it fails with BackendError.", minimum=0.0),
-    Field("orchestrator_cls", str, "SQLiteOrchestrator",
-          "pynenc compatibility, informational: pynenc_lite always uses one backend.",
+    Field("orchestrator_cls", str, "SQLiteOrchestrator", _MEMORY_DOC,
           choices=_backend_choices("Orchestrator"), hint=_BACKEND_HINT),
-    Field("broker_cls", str, "SQLiteBroker",
-          "pynenc compatibility, informational: pynenc_lite always uses one backend.",
+    Field("broker_cls", str, "SQLiteBroker", _MEMORY_DOC,
           choices=_backend_choices("Broker"), hint=_BACKEND_HINT),
-    Field("state_backend_cls", str, "SQLiteStateBackend",
-          "pynenc compatibility, informational: pynenc_lite always uses one backend.",
+    Field("state_backend_cls", str, "SQLiteStateBackend", _MEMORY_DOC,
           choices=_backend_choices("StateBackend"), hint=_BACKEND_HINT),
     Field("runner_cls", str, "ThreadRunner",
           "Runner made by app.runner (the worker command chooses with --processes); "

@@ -25,6 +25,7 @@ from pynenc_lite import serializer
 from pynenc_lite.backend.base import HistoryEntry, InvocationRecord, Outcome
 from pynenc_lite.errors import (
     BackendError,
+    ConcurrencyControlledError,
     InvocationCancelledError,
     InvocationNotFoundError,
     InvocationTimeoutError,
@@ -310,6 +311,15 @@ class Invocation(Generic[R]):
         if outcome.status is InvocationStatus.CANCELLED:
             raise InvocationCancelledError(
                 f"{self.task_name} invocation {self.invocation_id} was cancelled"
+            )
+        if outcome.status is InvocationStatus.CONCURRENCY_CONTROLLED_FINAL:
+            raise ConcurrencyControlledError(
+                f"{self.task_name} invocation {self.invocation_id} never ran and has no "
+                "result: the task's running concurrency limit was reached when a worker "
+                "came to start it, and the task has reroute_on_concurrency_control=False "
+                "(pynenc's default), so the call was dropped. Pass "
+                "reroute_on_concurrency_control=True to the task decorator to make such "
+                "calls wait their turn"
             )
         raise serializer.load_exception(outcome.payload, outcome.error, outcome.traceback)
 

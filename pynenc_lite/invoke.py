@@ -109,4 +109,5 @@ def _new_invocation(
         running_key,
         options.running_concurrency_limit,
         options.max_lost_attempts,
+        options.reroute_on_concurrency_control,
     )

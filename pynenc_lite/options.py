@@ -16,7 +16,12 @@ at decoration time, and the retry policy they define.
     registration_concurrency a call matching an invocation still waiting to run returns
                              that invocation instead of queueing another
     running_concurrency      at most running_concurrency_limit matching invocations run at
-    running_concurrency_limit  once; the others wait their turn (nothing is dropped)
+    running_concurrency_limit  once; what happens to the others is the next option
+    reroute_on_concurrency_control  False (pynenc's default): a call whose limit is reached
+                             when a runner would start it is dropped, never runs, and
+                             reading its result raises ConcurrencyControlledError (status
+                             CONCURRENCY_CONTROLLED_FINAL); True: it waits its turn.
+                             Stored with each invocation. Sync mode holds nothing back.
     key_arguments            the argument names that make two calls "match" for KEYS
 
 What "matching" means is a ConcurrencyControlType: DISABLED (never), TASK (any call of the
@@ -71,6 +76,7 @@ class TaskOptions:
     registration_concurrency: ConcurrencyControlType = ConcurrencyControlType.DISABLED
     running_concurrency: ConcurrencyControlType = ConcurrencyControlType.DISABLED
     running_concurrency_limit: int = 1
+    reroute_on_concurrency_control: bool = False
     key_arguments: tuple[str, ...] = ()
 
     @classmethod
@@ -139,6 +145,8 @@ class TaskOptions:
                 continue  # a dotted name, resolved when first needed (it may import late)
             if not (isinstance(spec, type) and issubclass(spec, BaseException)):
                 raise bad("retry_for", "exception classes or their dotted names")
+        if type(self.reroute_on_concurrency_control) is not bool:
+            raise bad("reroute_on_concurrency_control", "True or False")
         limit = self.running_concurrency_limit
         if not isinstance(limit, int) or limit < 1:
             raise bad("running_concurrency_limit", "a whole number >= 1")

@@ -2,7 +2,8 @@
 
     Runtime ─ conf            the app's configuration (PynencConfig)
             ─ tasks           the task registry: task name -> registered task
-            ─ backend         made on first use from conf (SQLite file or TCP server)
+            ─ backend         made on first use from conf (SQLite file, TCP server, or
+                              SQLite in this process's memory for pynenc's Mem* components)
             ─ hub             made on first use: where this process waits for outcomes/work
 
 Calls (`invoke`, `Task`, `Invocation`) and runners take a `Runtime`, never the `Pynenc`
@@ -25,7 +26,7 @@ from typing import Any, Callable, Optional, Protocol, Union
 
 from pynenc_lite.backend.base import Backend
 from pynenc_lite.conf import PynencConfig
-from pynenc_lite.errors import TaskNotFoundError
+from pynenc_lite.errors import ConfigError, TaskNotFoundError
 from pynenc_lite.importing import ImportObjectError, import_object
 from pynenc_lite.options import TaskOptions
 from pynenc_lite.waiting import Hub
@@ -33,6 +34,12 @@ from pynenc_lite.waiting import Hub
 logger = logging.getLogger(__name__)
 
 _SYNC_ENV = "PYNENC__DEV_MODE_FORCE_SYNC_TASKS"
+# pynenc's component settings; any of them naming a Mem* class keeps the queue in memory.
+_MEMORY_COMPONENTS = {
+    "orchestrator_cls": "MemOrchestrator",
+    "broker_cls": "MemBroker",
+    "state_backend_cls": "MemStateBackend",
+}
 
 
 class RegisteredTask(Protocol):
@@ -166,10 +173,39 @@ class Runtime:
 
     @property
     def storage_location(self) -> str:
-        """Where this app's invocations are stored, for messages: the server URL or the
-        SQLite file's absolute path."""
+        """Where this app's invocations are stored, for messages: the server URL, the
+        SQLite file's absolute path, or this process's memory."""
+        if self.is_in_memory:
+            return f"the memory of process {os.getpid()}"
         url = self.conf.broker_url
         return str(url) if url else os.path.abspath(self.sqlite_db_path)
+
+    @property
+    def is_in_memory(self) -> bool:
+        """True when the configuration keeps the queue in this process's memory (any of
+        pynenc's Mem* components, e.g. `PynencBuilder().memory()`)."""
+        c = self.conf
+        return any(getattr(c, name) == mem for name, mem in _MEMORY_COMPONENTS.items())
+
+    def require_shared_storage(self, user: str) -> None:
+        """Refuse `user` (what would need the queue from another process) when the queue
+        lives in this process's memory.
+
+        Raises:
+            ConfigError: the app keeps its queue in memory; the message says what to use.
+        """
+        if self.is_in_memory:
+            chosen = ", ".join(
+                f"{name} = {getattr(self.conf, name)!r}" for name in _MEMORY_COMPONENTS
+                if getattr(self.conf, name) == _MEMORY_COMPONENTS[name]
+            )
+            raise ConfigError(
+                f"{user} cannot serve app {self.app_id!r}: its queue lives in the memory of "
+                f"this process ({chosen}; pynenc's in-memory components), which worker "
+                "processes cannot reach. Use a ThreadRunner (app.runner with runner_cls = "
+                '"ThreadRunner"), or keep the queue in a SQLite file (the SQLite components, '
+                "e.g. PynencBuilder().sqlite(path)) to run worker processes"
+            )
 
     @property
     def backend(self) -> Backend:
@@ -189,6 +225,8 @@ class Runtime:
     def _make_backend(self) -> Backend:
         self.conf.reload_if_env_changed()  # made from the configuration as it is now
         c = self.conf
+        if self.is_in_memory:
+            return self._make_memory_backend()
         if c.broker_url:
             from pynenc_lite.backend.tcp.client import backend_from_config
 
@@ -201,6 +239,26 @@ class Runtime:
             busy_timeout_seconds=c.sqlite_busy_timeout_seconds,
             poll_min_seconds=c.poll_min_seconds,
             poll_max_seconds=c.poll_max_seconds,
+        )
+
+    def _make_memory_backend(self) -> Backend:
+        """A SQLite database in this process's memory, under a name no other app or earlier
+        backend of this one has (closing the app frees it; the next use starts empty)."""
+        from pynenc_lite.backend.sqlite import SQLiteBackend
+
+        c = self.conf
+        for ignored in ("broker_url", "sqlite_db_path"):
+            if getattr(c, ignored):
+                logger.warning(
+                    "app %r keeps its queue in memory (pynenc's Mem* components), so its "
+                    "%s %r is not used", self.app_id, ignored, getattr(c, ignored),
+                )
+        return SQLiteBackend(
+            f"pynenc-lite-{self.app_id}-{os.urandom(8).hex()}",
+            busy_timeout_seconds=c.sqlite_busy_timeout_seconds,
+            poll_min_seconds=c.poll_min_seconds,
+            poll_max_seconds=c.poll_max_seconds,
+            memory=True,
         )
 
     @property

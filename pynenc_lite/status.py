@@ -4,6 +4,9 @@
         ▲                    │  ▲
         └──── hand back ─────┘  └── lease expired: claimed again by another worker
     RETRY ──(its time comes)──► claimed like REGISTERED
+    REGISTERED/RETRY ──claim, its running limit reached──► CONCURRENCY_CONTROLLED_FINAL
+                       (only a call whose task has reroute_on_concurrency_control=False;
+                        the others stay where they are and wait their turn)
     any non-final status ──cancel──► CANCELLED
     FAILED ──requeue (admin)──► REGISTERED
 
@@ -29,6 +32,9 @@ class InvocationStatus(str, enum.Enum):
     SUCCESS = "SUCCESS"  # finished and returned a value
     FAILED = "FAILED"  # finished by raising, or could not be run at all
     CANCELLED = "CANCELLED"  # cancelled before it finished
+    # Never ran: its running limit was reached when a claim came to it, and its task does
+    # not reroute (pynenc's name; reading its result raises ConcurrencyControlledError).
+    CONCURRENCY_CONTROLLED_FINAL = "CONCURRENCY_CONTROLLED_FINAL"
 
     def is_final(self) -> bool:
         """True when the invocation will never change status again."""
@@ -40,7 +46,7 @@ class InvocationStatus(str, enum.Enum):
 
 S = InvocationStatus
 
-FINAL_STATUSES = frozenset({S.SUCCESS, S.FAILED, S.CANCELLED})
+FINAL_STATUSES = frozenset({S.SUCCESS, S.FAILED, S.CANCELLED, S.CONCURRENCY_CONTROLLED_FINAL})
 
 # Statuses a claim may take an invocation from without any lease check.
 CLAIMABLE_STATUSES = frozenset({S.REGISTERED, S.RETRY})
@@ -56,6 +62,7 @@ ALLOWED_TRANSITIONS: dict[InvocationStatus, frozenset[InvocationStatus]] = {
     S.SUCCESS: LEASED_STATUSES,
     S.FAILED: LEASED_STATUSES,  # raised, could not be run, or its worker was lost too often
     S.CANCELLED: CLAIMABLE_STATUSES | LEASED_STATUSES,
+    S.CONCURRENCY_CONTROLLED_FINAL: CLAIMABLE_STATUSES,  # a claim that found its limit reached
 }
 
 

@@ -43,19 +43,23 @@ def _enter_and_leave(key: str, hold: float) -> None:
         running_now[key] -= 1
 
 
-@app.task(running_concurrency=CC.TASK)
+# Held-back calls must run later in these tests: they wait (pynenc's default drops them,
+# see tests/test_concurrency_controlled.py).
+@app.task(running_concurrency=CC.TASK, reroute_on_concurrency_control=True)
 def one_at_a_time(i: int) -> int:
     _enter_and_leave("task", 0.005)
     return i
 
 
-@app.task(running_concurrency=CC.KEYS, key_arguments=["key"], running_concurrency_limit=3)
+@app.task(running_concurrency=CC.KEYS, key_arguments=["key"], running_concurrency_limit=3,
+          reroute_on_concurrency_control=True)
 def three_per_key(key: str, i: int) -> int:
     _enter_and_leave(key, 0.005)
     return i
 
 
-@app.task(running_concurrency=CC.KEYS, key_arguments=["key"], running_concurrency_limit=2)
+@app.task(running_concurrency=CC.KEYS, key_arguments=["key"], running_concurrency_limit=2,
+          reroute_on_concurrency_control=True)
 def two_per_key_across_processes(key: str, i: int, counter_path: str) -> int:
     """Counts how many run at once across processes, in a file guarded by flock."""
 

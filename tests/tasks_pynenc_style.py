@@ -42,10 +42,33 @@ def finish_first_last(i: int) -> int:
     return i
 
 
+first_started = threading.Event()
+
+
 @app.task(running_concurrency=ConcurrencyControlType.TASK)
 def one_at_a_time(i: int) -> int:
+    if i == 0:
+        first_started.set()
+        release_first.wait(20)  # holds the task's one running slot until the test releases it
     return i
+
+
+# pynenc's in-memory components: the queue lives in this process, served by threads.
+memory_app = (
+    PynencBuilder()
+    .app_id("pynenc-style-memory")
+    .memory()
+    .thread_runner(min_threads=1, max_threads=2)
+    .custom_config(result_timeout_seconds=20.0)
+    .build()
+)
+
+
+@memory_app.task
+def multiply(x: int, y: int) -> int:
+    return x * y
 
 
 def reset() -> Any:
     release_first.clear()
+    first_started.clear()

@@ -125,10 +125,10 @@ def test_status_table(filled: Filled) -> None:
     assert done.returncode == 0, done.stderr
     out = done.stdout
     for status, count in [("REGISTERED", 1), ("RUNNING", 0), ("SUCCESS", 1), ("FAILED", 1),
-                          ("CANCELLED", 1), ("total", 4)]:
+                          ("CANCELLED", 1), ("CONCURRENCY_CONTROLLED_FINAL", 0), ("total", 4)]:
         assert line(out, status, count), out
-    assert line(out, "tests.tasks_admin.add", 1, 0, 0, 1, 0, 1, 3), out
-    assert line(out, "tests.tasks_admin.fail", 0, 0, 0, 0, 1, 0, 1), out
+    assert line(out, "tests.tasks_admin.add", 1, 0, 0, 1, 0, 1, 0, 3), out
+    assert line(out, "tests.tasks_admin.fail", 0, 0, 0, 0, 1, 0, 0, 1), out
     assert re.search(r"^oldest waiting work: \d+\.\ds \(since ", out, re.MULTILINE), out
     assert re.search(r"^finished in the last minute: \d+", out, re.MULTILINE), out
     assert re.search(r"^fresh-worker\s+admin-host\s+101\s+4\s+.*\s+alive$", out, re.MULTILINE)
@@ -140,7 +140,8 @@ def test_status_json(filled: Filled) -> None:
     data = cli_json(*filled.args("status"))
     assert data["app_id"] == APP
     assert data["counts_by_status"] == {
-        "REGISTERED": 1, "RUNNING": 0, "RETRY": 0, "SUCCESS": 1, "FAILED": 1, "CANCELLED": 1
+        "REGISTERED": 1, "RUNNING": 0, "RETRY": 0, "SUCCESS": 1, "FAILED": 1, "CANCELLED": 1,
+        "CONCURRENCY_CONTROLLED_FINAL": 0,
     }
     assert data["total"] == 4
     by_task = data["counts_by_task"]

@@ -42,7 +42,16 @@ def sqlite_store(tmp_path: Path) -> MakeBackend:
     return lambda: SQLiteBackend(path, poll_min_seconds=0.0005, poll_max_seconds=0.01)
 
 
-STORES = [pytest.param(sqlite_store, id="sqlite")]
+def memory_store(tmp_path: Path) -> MakeBackend:
+    """pynenc's Mem* components: one in-memory database, shared by every backend made on
+    its name in this process (each its own connections)."""
+    name = f"contract-{tmp_path.name}-{os.urandom(4).hex()}"
+    return lambda: SQLiteBackend(
+        name, memory=True, poll_min_seconds=0.0005, poll_max_seconds=0.01
+    )
+
+
+STORES = [pytest.param(sqlite_store, id="sqlite"), pytest.param(memory_store, id="memory")]
 
 
 @pytest.fixture(params=STORES)
@@ -78,6 +87,8 @@ def new(
     run_at: float = T0,
     created_at: float = T0,
     max_lost_attempts: Optional[int] = None,
+    running_key: Optional[str] = None,
+    reroute: bool = True,
 ) -> NewInvocation:
     return NewInvocation(
         invocation_id,
@@ -86,7 +97,9 @@ def new(
         args if args is not None else f"args of {invocation_id}".encode(),
         run_at,
         created_at,
+        running_key=running_key,
         max_lost_attempts=max_lost_attempts,
+        reroute_on_concurrency_control=reroute,
     )
 
 
@@ -421,6 +434,68 @@ def test_release_hands_work_back_to_registered(backend: Backend) -> None:
     assert [(c.invocation_id, c.attempt) for c in claimed] == [("a", 2), ("b", 2)]
 
 
+# -- running concurrency control -------------------------------------------------------------
+
+
+def test_a_call_held_back_by_its_running_limit_waits_when_rerouted(backend: Backend) -> None:
+    backend.submit([new("first", running_key="k")])
+    assert claim(backend) == ["first"]
+    backend.submit([new("waits", running_key="k", reroute=True)])
+    assert claim(backend, "w2") == []
+    assert status_of(backend, "waits") is S.REGISTERED
+    backend.complete_many([success("first")], "w1", T0 + 1)
+    assert claim(backend, "w2", now=T0 + 1) == ["waits"]
+
+
+def test_a_call_held_back_by_its_running_limit_is_dropped_when_not_rerouted(
+    backend: Backend,
+) -> None:
+    start, _ = backend.get_finished_since(-1)
+    backend.submit([new("first", running_key="k")])
+    assert claim(backend) == ["first"]
+    backend.submit(
+        [new("dropped", running_key="k", reroute=False), new("free"), new("other-key",
+         running_key="j", reroute=False)]
+    )
+    assert claim(backend, "w2", now=T0 + 1) == ["free", "other-key"]
+    record = backend.get_invocation("dropped")
+    assert record is not None and record.status is S.CONCURRENCY_CONTROLLED_FINAL
+    assert record.attempts == 0 and record.owner is None and record.finished_at == T0 + 1
+    # A final outcome like any other: waiters everywhere are released.
+    assert backend.get_finished_since(start)[1] == ["dropped"]
+    [outcome] = backend.get_outcomes(["dropped"])
+    assert outcome.status is S.CONCURRENCY_CONTROLLED_FINAL and outcome.payload is None
+    assert outcome.error is not None and "reroute_on_concurrency_control" in outcome.error
+    assert [(h.status, h.at, h.worker_id) for h in backend.get_history("dropped")] == [
+        (S.REGISTERED, T0, None), (S.CONCURRENCY_CONTROLLED_FINAL, T0 + 1, "w2"),
+    ]
+    # Never runs, never changes again; the one it made way for is untouched.
+    assert backend.complete_many([success("first")], "w1", T0 + 2) == [True]
+    assert claim(backend, "w3", now=T0 + 3) == []
+    assert status_of(backend, "dropped") is S.CONCURRENCY_CONTROLLED_FINAL
+    assert backend.cancel("dropped", T0 + 3) is False
+
+
+def test_within_one_claim_the_first_call_runs_and_the_next_is_dropped(backend: Backend) -> None:
+    backend.submit([new(n, running_key="k", reroute=False) for n in ("a", "b")])
+    backend.submit([new("c", running_key="k", reroute=True)])
+    assert claim(backend) == ["a"]
+    assert status_of(backend, "b") is S.CONCURRENCY_CONTROLLED_FINAL
+    assert status_of(backend, "c") is S.REGISTERED
+    stats = backend.get_stats(APP, T0)
+    assert stats.counts_by_status == {"RUNNING": 1, "CONCURRENCY_CONTROLLED_FINAL": 1,
+                                      "REGISTERED": 1}
+    listed = backend.list_invocations(APP, status=S.CONCURRENCY_CONTROLLED_FINAL)
+    assert [r.invocation_id for r in listed] == ["b"]
+
+
+def test_a_dropped_outcome_cannot_be_completed_by_a_worker(backend: Backend) -> None:
+    with pytest.raises(ValueError, match="cannot complete with status"):
+        backend.complete_many(
+            [Outcome("x", S.CONCURRENCY_CONTROLLED_FINAL)], "w1", T0
+        )
+
+
 # -- reading outcomes -------------------------------------------------------------------------
 
 
@@ -638,3 +713,5 @@ def test_sqlite_claim_status_lists_are_the_sources_of_running() -> None:
     # what status.py allows a claim to start from.
     assert set(statements.CLAIMABLE) | set(statements.LEASED) == set(sources_of(S.RUNNING))
     assert set(statements.LEASED) == set(sources_of(S.FAILED))  # a lost worker's FAILED
+    # A claim drops only waiting rows (chosen by those same literal statuses).
+    assert set(statements.CLAIMABLE) == set(sources_of(S.CONCURRENCY_CONTROLLED_FINAL))

@@ -16,6 +16,7 @@ from unittest import mock
 import pytest
 
 from pynenc_lite import Pynenc, PynencBuilder, PynencConfig
+from pynenc_lite.invocation import InvocationStatus
 from pynenc_lite.pynenc_paths import PATHS
 from tests import tasks_pynenc_style as tasks
 from tests.helpers import WAIT_SECONDS
@@ -106,6 +107,35 @@ def test_an_invocation_passed_as_an_argument_is_usable_in_the_task(
     with app.runner:
         inner = tasks.add(2, 3)
         assert tasks.double_result(inner).result == 10
+
+
+def test_a_memory_app_runs_on_threads_and_writes_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # where a SQLite file would appear
+    memory_app = tasks.memory_app
+    try:
+        with memory_app.runner:
+            assert tasks.multiply(6, 7).result == 42
+            group = tasks.multiply.parallelize([(i, 2) for i in range(5)])
+            assert list(group.results_in_order) == [0, 2, 4, 6, 8]
+    finally:
+        memory_app.close()
+        memory_app._runner = None
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_call_blocked_by_running_concurrency_is_dropped(app: Pynenc) -> None:
+    # pynenc's default, reroute_on_concurrency_control=False
+    with app.runner:
+        first = tasks.one_at_a_time(0)
+        assert tasks.first_started.wait(WAIT_SECONDS)
+        second = tasks.one_at_a_time(1)
+        with pytest.raises(KeyError):
+            second.result  # noqa: B018 - the property raises
+        assert second.status == InvocationStatus.CONCURRENCY_CONTROLLED_FINAL
+        tasks.release_first.set()
+        assert first.result == 0
 
 
 def test_every_pynenc_path_imports_first_thing_in_a_fresh_process() -> None:

@@ -44,6 +44,11 @@ class NewInvocation:
     # How many times its worker may vanish before it FAILS (the task's option); None: the
     # claiming runner's `max_lost_attempts`.
     max_lost_attempts: Optional[int] = None
+    # What a claim does with it while its running key is at its limit: True, leave it
+    # waiting for its turn; False, drop it (CONCURRENCY_CONTROLLED_FINAL, it never runs).
+    # The task option's default is pynenc's False, and `invoke` always passes it; this
+    # default is what a record that says nothing asks for: to wait, as every call once did.
+    reroute_on_concurrency_control: bool = True
 
 
 @dataclasses.dataclass
@@ -193,11 +198,16 @@ class Backend(abc.ABC):
         RUNNING (a claim is a start: runners claim only for idle threads).
 
         Runnable: REGISTERED or RETRY whose `run_at <= now`, or RUNNING whose lease expired
-        (its worker vanished). An expired one that was already lost as many times as its
-        own `NewInvocation.max_lost_attempts` allows (or, where it has none, this call's
-        `max_lost_attempts`) is FAILED instead of being handed out again, with the error
-        line of `errors.WorkerLostError.error_line`. Nothing is ever deleted by a claim. A claim
-        that finds nothing should be cheap (SQLite answers it with a read, no write lock).
+        (its worker vanished). A waiting one whose running key already has its
+        `running_limit` invocations RUNNING (counting those this claim starts) is skipped
+        and stays waiting, or, when its `reroute_on_concurrency_control` is False, becomes
+        CONCURRENCY_CONTROLLED_FINAL in the same atomic unit (a final outcome, with no
+        payload and an error line naming the option). An expired one that was already lost
+        as many times as its own `NewInvocation.max_lost_attempts` allows (or, where it has
+        none, this call's `max_lost_attempts`) is FAILED instead of being handed out again,
+        with the error line of `errors.WorkerLostError.error_line`. Nothing is ever deleted
+        by a claim. A claim that finds nothing should be cheap (SQLite answers it with a
+        read, no write lock).
         """
 
     @abc.abstractmethod

@@ -169,6 +169,8 @@ class ProcessRunner(BaseRunner):
         super().__init__()
         self.app = app
         self.runtime = runtime_of(app)
+        # Here, not in the callers: no way of making one serves a queue kept in memory.
+        self.runtime.require_shared_storage("a ProcessRunner")
         conf = self.runtime.conf
         count = conf.runner_processes if processes is None else processes
         self.processes = int(count) if count else (os.cpu_count() or 1)

@@ -1,4 +1,5 @@
-"""`SQLiteBackend`: the `Backend` contract on one SQLite file, wired from this package's parts.
+"""`SQLiteBackend`: the `Backend` contract on one SQLite database (a file, or one held in this
+process's memory), wired from this package's parts.
 
     SQLiteBackend ──► claims.py, operations.py   the SQL, as functions of a connection
           │       ──► connection.Database        connections, write transactions, reads
@@ -38,10 +39,12 @@ _T = TypeVar("_T")
 
 
 class SQLiteBackend(Backend):
-    """A `Backend` on one SQLite file. Safe to use from many threads and processes.
+    """A `Backend` on one SQLite file (or in-memory database). Safe to use from many threads,
+    and, on a file, from many processes.
 
     Args:
         path: the database file; created (mode 0600) if missing, its folder must exist.
+            With `memory=True`, the name of the in-memory database instead.
         synchronous: "NORMAL" (a commit survives a process crash) or "FULL" (also a power
             loss, at an fsync per commit).
         busy_timeout_seconds: how long to wait for another process's write lock.
@@ -51,6 +54,14 @@ class SQLiteBackend(Backend):
             even the schema: for inspecting a file this process may not write (another
             user's, an immutable one, one on a read-only mount). Writes raise BackendError.
             The file must exist and hold this schema version.
+        memory: keep the database in this process's memory (pynenc's Mem* components): no
+            file is written anywhere, and every backend of this process opened with the same
+            `path` shares it; no other process can reach it. It lives until the last such
+            backend is closed. `synchronous` does not apply.
+
+    Raises:
+        ValueError: a bad `synchronous`, or `memory` with `read_only`.
+        BackendError: the in-memory database cannot be opened.
     """
 
     def __init__(
@@ -62,15 +73,17 @@ class SQLiteBackend(Backend):
         poll_min_seconds: float = 0.0005,
         poll_max_seconds: float = 0.1,
         read_only: bool = False,
+        memory: bool = False,
     ) -> None:
         if synchronous.upper() not in ("NORMAL", "FULL"):
             raise ValueError(f"synchronous must be 'NORMAL' or 'FULL', got {synchronous!r}")
-        self.path = os.path.abspath(path)
+        self.path = path if memory else os.path.abspath(path)
         self._db = Database(
             self.path,
             synchronous=synchronous.upper(),
             busy_timeout_seconds=busy_timeout_seconds,
             read_only=read_only,
+            memory=memory,
         )
         self._feed = ChangeFeed(
             self._db, poll_min_seconds=poll_min_seconds, poll_max_seconds=poll_max_seconds
@@ -79,6 +92,8 @@ class SQLiteBackend(Backend):
     def __repr__(self) -> str:
         if self._db.read_only:
             return f"SQLiteBackend({self.path!r}, read_only=True)"
+        if self._db.memory:
+            return f"SQLiteBackend({self.path!r}, memory=True)"
         return f"SQLiteBackend({self.path!r})"
 
     def close(self) -> None:

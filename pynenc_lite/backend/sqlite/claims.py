@@ -1,6 +1,8 @@
 """Claims and leases: handing invocations to workers, keeping, ending and recovering leases.
 
     REGISTERED/RETRY (run_at <= now) ──claim──► RUNNING, owner, lease_expires_at
+    REGISTERED/RETRY, its running key at its limit ──claim──► left waiting, or (its task
+        does not reroute) CONCURRENCY_CONTROLLED_FINAL, an outcome that never ran
     RUNNING, lease kept by heartbeat ──complete_many (still the owner)──► final or RETRY
     RUNNING, lease expired ──next claim──► RUNNING again (lost_attempts + 1), or FAILED
     RUNNING ──release (graceful stop)──► REGISTERED
@@ -11,12 +13,13 @@ up.
 
 How each status change is guarded: `complete_many` and `release` are conditional UPDATEs
 whose `status IN (...)` list is `status.sources_of()` of their target (`statements.FROM`).
-`claim` and `_fail_lost` choose their rows with SELECTs in the same write transaction (no
-other writer can come in between) and then update those rows by `seq`: waiting rows by the
+`claim`, `_drop_controlled` and `_fail_lost` choose their rows with SELECTs in the same write
+transaction (no other writer can come in between) and then update those rows by `seq`:
+waiting rows by the
 claimable statuses of `status.py`, written literally into the SQL (only then can SQLite use
 their partial indexes), and expired leases by `lease_expires_at`, which is set exactly while
 an invocation is RUNNING. `tests/test_backend_contract.py` checks these lists against
-`sources_of(RUNNING)` and `sources_of(FAILED)`.
+`sources_of(RUNNING)`, `sources_of(CONCURRENCY_CONTROLLED_FINAL)` and `sources_of(FAILED)`.
 
 What it deliberately does not: store new invocations, cancel, or read outcomes
 (`operations.py`); open connections or nudge other processes.
@@ -40,7 +43,7 @@ from pynenc_lite.backend.sqlite.statements import (
     marks,
     take_outcome_seqs,
 )
-from pynenc_lite.errors import WorkerLostError
+from pynenc_lite.errors import ConcurrencyControlledError, WorkerLostError
 from pynenc_lite.status import InvocationStatus
 
 logger = logging.getLogger(__name__)
@@ -101,7 +104,10 @@ def claim(
     if lost_for_good:
         _fail_lost(c, lost_for_good, now)
     recovered = [seq for seq, lost, cap in expired if lost + 1 < cap]
-    seqs = recovered + _claimable(c, app_id, now, limit - len(recovered))
+    chosen, dropped = _claimable(c, app_id, now, limit - len(recovered))
+    if dropped:
+        _drop_controlled(c, dropped, now, worker_id)
+    seqs = recovered + chosen
     if not seqs:
         return []
     if recovered:
@@ -135,18 +141,23 @@ def claim(
     return [ClaimedInvocation(*row) for row in rows]
 
 
-def _claimable(c: sqlite3.Connection, app_id: str, now: float, limit: int) -> list[int]:
+def _claimable(
+    c: sqlite3.Connection, app_id: str, now: float, limit: int
+) -> tuple[list[int], list[int]]:
     """Up to `limit` runnable waiting invocations, oldest first, skipping those whose
-    running key already has `running_limit` invocations running."""
+    running key already has `running_limit` invocations running (counting those chosen
+    here); returns them, and those skipped that are to be dropped instead of waiting
+    (`reroute_on_concurrency_control` 0; NULL, a row of schema version 3, waits)."""
     if limit <= 0:
-        return []
+        return [], []
 
-    def waiting(status: str) -> Iterator[tuple[float, int, Optional[str], int]]:
+    def waiting(status: str) -> Iterator[tuple[float, int, Optional[str], int, Optional[int]]]:
         # Oldest first, one indexed query per page; each status keeps its own place.
         offset, page = 0, limit
         while offset < _MAX_CLAIM_SCAN:
             rows = c.execute(
-                "SELECT run_at, seq, running_key, running_limit FROM invocations WHERE "
+                "SELECT run_at, seq, running_key, running_limit, "
+                "reroute_on_concurrency_control FROM invocations WHERE "
                 f"app_id = ? AND status = '{status}' AND run_at <= ? "
                 "ORDER BY run_at, seq LIMIT ? OFFSET ?",
                 (app_id, now, page, offset),
@@ -158,8 +169,9 @@ def _claimable(c: sqlite3.Connection, app_id: str, now: float, limit: int) -> li
             offset, page = offset + page, max(page * 2, 64)
 
     chosen: list[int] = []
+    dropped: list[int] = []
     running: dict[str, int] = {}  # running key -> how many run, counting this claim
-    for _, seq, key, key_limit in heapq.merge(*(waiting(s) for s in CLAIMABLE)):
+    for _, seq, key, key_limit, reroute in heapq.merge(*(waiting(s) for s in CLAIMABLE)):
         if key is not None:
             if key not in running:
                 running[key] = c.execute(
@@ -168,12 +180,42 @@ def _claimable(c: sqlite3.Connection, app_id: str, now: float, limit: int) -> li
                     (app_id, key),
                 ).fetchone()[0]
             if running[key] >= key_limit:
+                if reroute == 0:
+                    dropped.append(seq)  # pynenc's default: a blocked call is not run
                 continue  # waits its turn; a finishing one lets it through
             running[key] += 1
         chosen.append(seq)
         if len(chosen) == limit:
             break
-    return chosen
+    return chosen, dropped
+
+
+# The error line of a dropped call (what `inspect` and `list` show; the caller's handle
+# raises ConcurrencyControlledError with its own message, naming the task and the call).
+_DROPPED_ERROR = (
+    f"{ConcurrencyControlledError.__name__}: not run: its running concurrency limit was "
+    "reached when a worker came to start it, and its task has "
+    "reroute_on_concurrency_control=False (set it to True to make such calls wait their turn)"
+)
+
+
+def _drop_controlled(c: sqlite3.Connection, seqs: list[int], now: float, worker_id: str) -> None:
+    """Make the waiting invocations `seqs` CONCURRENCY_CONTROLLED_FINAL: final outcomes (so
+    waiters everywhere are released) of calls that never ran."""
+    first = take_outcome_seqs(c, len(seqs))
+    c.executemany(
+        "UPDATE invocations SET status = 'CONCURRENCY_CONTROLLED_FINAL', finished_at = ?, "
+        "error = ?, outcome_seq = ? WHERE seq = ?",
+        [(now, _DROPPED_ERROR, first + i, seq) for i, seq in enumerate(seqs)],
+    )
+    ids = c.execute(f"SELECT id FROM invocations WHERE seq IN ({marks(len(seqs))})", seqs)
+    log(c, [(row[0], "CONCURRENCY_CONTROLLED_FINAL", now, worker_id) for row in ids.fetchall()])
+    logger.info(
+        "worker %s dropped %d invocation(s) held back by running concurrency control "
+        "(their tasks have reroute_on_concurrency_control=False)",
+        worker_id,
+        len(seqs),
+    )
 
 
 def _lost_error(cap: int) -> str:
@@ -206,11 +248,16 @@ def check_outcomes(outcomes: Sequence[Outcome]) -> None:
     """Reject outcomes `complete_many` cannot store, before any transaction starts.
 
     Raises:
-        ValueError: a status that is neither final nor RETRY, or a RETRY without retry_at.
+        ValueError: a status that is neither final nor RETRY, one that a running
+            invocation never enters, or a RETRY without retry_at.
     """
     for outcome in outcomes:
+        ends_a_run = InvocationStatus.RUNNING.value in FROM[outcome.status]
         if not (outcome.status.is_final() or outcome.status is InvocationStatus.RETRY):
             raise ValueError(f"cannot complete with status {outcome.status}")
+        if not ends_a_run:  # CONCURRENCY_CONTROLLED_FINAL: only a claim decides it
+            raise ValueError(f"cannot complete with status {outcome.status}: a running "
+                             "invocation never enters it")
         if outcome.status is InvocationStatus.RETRY and outcome.retry_at is None:
             raise ValueError("a RETRY outcome needs retry_at")
 

@@ -1,4 +1,5 @@
-"""One SQLite file as a process uses it: per-thread connections and the transactions on them.
+"""One SQLite database as a process uses it: per-thread connections and the transactions on
+them. The database is a file, or (`memory=True`) lives in this process's memory only.
 
 Decisions, each for a reason:
 - WAL journal: readers never block the one writer, so callers and workers poll cheaply.
@@ -22,6 +23,15 @@ Decisions, each for a reason:
   (a folder we may not write) stops even a `mode=ro` open: then it is opened `immutable=1`,
   a snapshot that assumes no writer (true of a read-only mount or an immutable file; for
   another user's file, a writer starting meanwhile may be missed or make a read fail).
+- `memory=True` (pynenc's Mem* components): `path` is a name, opened as SQLite's shared
+  in-memory database `file:NAME?mode=memory&cache=shared`, which every connection of this
+  process that opens the same name shares, and no other process can reach. It vanishes with
+  its last connection, so one more connection is kept open from the start to `close()`.
+  No file is written anywhere: no 0600 file, no WAL (nothing to survive a crash of the
+  process that is the database's only home), no synchronous setting. Connections of a shared
+  cache lock tables statement by statement, so here this process's reads wait on the same
+  lock as its writes, and a transaction that still meets a locked table (another backend
+  object on the same name) is rolled back and run again whole.
 
 What it deliberately does not: hold any SQL about invocations (`claims.py`, `operations.py`),
 or tell other processes about a commit (`feed.py`; the backend nudges after `write`).
@@ -108,15 +118,29 @@ def _close_all(connections: list[_Held], wait_seconds: float = 0.0) -> None:
 
 
 class Database:
-    """The connections of this process's threads to one SQLite file. Thread-safe."""
+    """The connections of this process's threads to one SQLite database. Thread-safe.
+
+    Raises:
+        ValueError: `memory` with `read_only` (a database only this process has is empty).
+        BackendError: the in-memory database cannot be opened.
+    """
 
     def __init__(
-        self, path: str, *, synchronous: str, busy_timeout_seconds: float, read_only: bool = False
+        self,
+        path: str,
+        *,
+        synchronous: str,
+        busy_timeout_seconds: float,
+        read_only: bool = False,
+        memory: bool = False,
     ) -> None:
+        if memory and read_only:
+            raise ValueError("an in-memory database cannot be opened read_only: it would be empty")
         self.path = path
         self.synchronous = synchronous
         self.busy_timeout_seconds = busy_timeout_seconds
         self.read_only = read_only
+        self.memory = memory
         # This thread's connection (a _Held) and the pid that opened it (`held`, `pid`).
         self._local = threading.local()
         # Serializes this process's write transactions, so its threads wait on each other
@@ -136,6 +160,12 @@ class Database:
         # finalizers run before other exit handlers, and closing a connection while a
         # daemon thread is inside a call on it crashes the process.
         weakref.finalize(self, _close_all, self._connections).atexit = False
+        # In memory: the connection that keeps the database alive until close() (no thread
+        # uses it, so it is never an orphan).
+        self._keeper: list[_Held] = []
+        if memory:
+            self._keeper.append(_Held(threading.current_thread(), self._connect_memory()))
+            weakref.finalize(self, _close_all, self._keeper).atexit = False
 
     # -- connections ------------------------------------------------------------------------
 
@@ -220,6 +250,11 @@ class Database:
     def _open(self) -> _Held:
         if self.read_only:
             return self._open_read_only()
+        if self.memory:
+            conn = self._connect_memory()
+            return self._register(
+                conn, lambda: self.write(lambda c: schema.create(c, self.path), conn)
+            )
         try:
             if not os.path.exists(self.path):
                 # Create it private before SQLite does: payloads are pickles. SQLite gives
@@ -280,12 +315,22 @@ class Database:
             raise
         return self._register(conn, lambda: self.retry_busy(lambda: schema.check(conn, self.path)))
 
+    def _connect_memory(self) -> sqlite3.Connection:
+        return self._connect_uri(
+            "file:" + urllib.parse.quote(self.path) + "?mode=memory&cache=shared"
+        )
+
     def _connect_uri(self, uri: str) -> sqlite3.Connection:
+        """A connection to `uri`: the in-memory database, or the file opened read-only."""
         try:
             return sqlite3.connect(
                 uri, uri=True, timeout=0, isolation_level=None, check_same_thread=False
             )
         except sqlite3.Error as exc:
+            if self.memory:
+                raise BackendError(
+                    f"cannot open the in-memory SQLite database {self.path!r}: {exc}"
+                ) from exc
             raise BackendError(
                 f"cannot open the SQLite database at {self.path!r} to read it: {exc}. Check "
                 "that the file exists and that this process may read it."
@@ -300,6 +345,7 @@ class Database:
             connections = self._connections[:]
             self._connections.clear()
         _close_all(connections, self.busy_timeout_seconds + 5.0)
+        _close_all(self._keeper)  # last: an in-memory database is freed with it
 
     # -- transactions -----------------------------------------------------------------------
 
@@ -357,21 +403,32 @@ class Database:
         self, conn: sqlite3.Connection, body: Callable[[sqlite3.Connection], _T]
     ) -> _T:
         with self._write_lock:
-            self.retry_busy(lambda: conn.execute("BEGIN IMMEDIATE"))
-            try:
-                result = body(conn)
-                conn.execute("COMMIT")
-            except BaseException as exc:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                if is_read_only(exc):
-                    raise BackendError(read_only_message(self.path, exc)) from exc
-                if isinstance(exc, sqlite3.Error):
-                    raise BackendError(
-                        f"a write to {self.path} failed and was rolled back (nothing of it "
-                        f"is stored): {type(exc).__name__}: {exc}"
-                    ) from exc
-                raise
+            if self.memory:
+                # A statement may still meet a table locked by another connection of the
+                # shared cache: the whole transaction runs again (bodies only run SQL).
+                return self.retry_busy(lambda: self._run_transaction(conn, body))
+            return self._run_transaction(conn, body)
+
+    def _run_transaction(
+        self, conn: sqlite3.Connection, body: Callable[[sqlite3.Connection], _T]
+    ) -> _T:
+        self.retry_busy(lambda: conn.execute("BEGIN IMMEDIATE"))
+        try:
+            result = body(conn)
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if self.memory and isinstance(exc, sqlite3.OperationalError) and is_busy(exc):
+                raise  # _transaction runs it again
+            if is_read_only(exc):
+                raise BackendError(read_only_message(self.path, exc)) from exc
+            if isinstance(exc, sqlite3.Error):
+                raise BackendError(
+                    f"a write to {self.path} failed and was rolled back (nothing of it "
+                    f"is stored): {type(exc).__name__}: {exc}"
+                ) from exc
+            raise
         return result
 
     def read(self, body: Callable[[sqlite3.Connection], _T]) -> _T:
@@ -379,6 +436,9 @@ class Database:
         snapshot; the whole of `body` is run again while another process holds a lock."""
         conn = self._enter()
         try:
+            if self.memory:  # see the module docstring: a read would meet locked tables
+                with self._write_lock:
+                    return self.retry_busy(lambda: body(conn))
             return self.retry_busy(lambda: body(conn))
         finally:
             self._leave()

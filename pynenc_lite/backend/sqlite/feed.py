@@ -160,8 +160,8 @@ class ChangeFeed:
     def maintain(self) -> None:
         """Checkpoint the WAL, PASSIVE: copies what no reader still needs, never waits for a
         lock, never blocks writers. Runs on this thread's own connection."""
-        if self._db.read_only:
-            return  # nothing to copy that this process wrote; a checkpoint writes
+        if self._db.read_only or self._db.memory:
+            return  # nothing this process wrote to copy, or no WAL at all
 
         def checkpoint(conn: sqlite3.Connection) -> Optional[tuple[int, int, int]]:
             try:

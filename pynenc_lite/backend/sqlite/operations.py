@@ -64,9 +64,11 @@ def insert(c: sqlite3.Connection, invocations: Sequence[NewInvocation]) -> list[
             c.execute(  # inserted one by one: a later call of the batch may match it
                 "INSERT INTO invocations (id, app_id, task_name, args, status, run_at, "
                 "created_at, registration_key, running_key, running_limit, "
-                "max_lost_attempts) VALUES (?, ?, ?, ?, 'REGISTERED', ?, ?, ?, ?, ?, ?)",
+                "max_lost_attempts, reroute_on_concurrency_control) "
+                "VALUES (?, ?, ?, ?, 'REGISTERED', ?, ?, ?, ?, ?, ?, ?)",
                 (i.invocation_id, i.app_id, i.task_name, i.args, i.run_at, i.created_at,
-                 i.registration_key, i.running_key, i.running_limit, i.max_lost_attempts),
+                 i.registration_key, i.running_key, i.running_limit, i.max_lost_attempts,
+                 int(i.reroute_on_concurrency_control)),
             )
             ids.append(i.invocation_id)
             continue
@@ -74,11 +76,12 @@ def insert(c: sqlite3.Connection, invocations: Sequence[NewInvocation]) -> list[
         ids.append(i.invocation_id)
     c.executemany(
         "INSERT INTO invocations (id, app_id, task_name, args, status, run_at, created_at, "
-        "running_key, running_limit, max_lost_attempts) "
-        "VALUES (?, ?, ?, ?, 'REGISTERED', ?, ?, ?, ?, ?)",
+        "running_key, running_limit, max_lost_attempts, reroute_on_concurrency_control) "
+        "VALUES (?, ?, ?, ?, 'REGISTERED', ?, ?, ?, ?, ?, ?)",
         [
             (i.invocation_id, i.app_id, i.task_name, i.args, i.run_at, i.created_at,
-             i.running_key, i.running_limit, i.max_lost_attempts)
+             i.running_key, i.running_limit, i.max_lost_attempts,
+             int(i.reroute_on_concurrency_control))
             for i in new
         ],
     )

@@ -7,7 +7,7 @@ what is missing, and `check`, the same version check without writing (for read-o
 What it deliberately does not: open files, set pragmas or run transactions (`connection.py`
 runs `create` once per process, inside a write transaction), or read and write rows (the
 other modules of this package). It upgrades older files in place only where `_MIGRATIONS`
-says how (version 2 gained one column); a file of any other version is refused.
+says how (versions 2 and 3 each gained one column); a file of any other version is refused.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pynenc_lite.errors import BackendError
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "3"
+SCHEMA_VERSION = "4"
 
 # Each version `create` upgrades in place, with the statements that take it to the next one.
 # Adding a nullable column is the kind of change that belongs here: rows written before it
@@ -27,10 +27,13 @@ SCHEMA_VERSION = "3"
 _MIGRATIONS: dict[str, list[str]] = {
     # 3: each invocation may carry its task's max_lost_attempts (NULL: the runner's setting).
     "2": ["ALTER TABLE invocations ADD COLUMN max_lost_attempts INTEGER"],
+    # 4: whether a call held back by its running limit waits (1; NULL, as every call of
+    # version 3 did) or is dropped (0).
+    "3": ["ALTER TABLE invocations ADD COLUMN reroute_on_concurrency_control INTEGER"],
 }
 # The versions a read-only open accepts (it cannot upgrade): reads never name a column
 # that an older one of these lacks; only writes (submit, claim) use the newer columns.
-READABLE_VERSIONS = ("2", SCHEMA_VERSION)
+READABLE_VERSIONS = ("2", "3", SCHEMA_VERSION)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -53,6 +56,7 @@ CREATE TABLE IF NOT EXISTS invocations (
     running_key TEXT,
     running_limit INTEGER NOT NULL DEFAULT 1,
     max_lost_attempts INTEGER,          -- the task's own cap; NULL: the claiming runner's
+    reroute_on_concurrency_control INTEGER, -- held back by running_limit: 0 drop, else wait
     created_at REAL NOT NULL,
     started_at REAL,
     finished_at REAL,

@@ -338,11 +338,14 @@ def _fingerprint() -> str:
         hints = typing.get_type_hints(cls)
         fields = ", ".join(f"{f.name}: {type_name(hints[f.name])}" for f in dataclasses.fields(cls))
         parts.append(f"{cls.__name__}({fields})")
+    # The statuses too: a client that does not know one would refuse every reply holding it.
+    parts.append(f"InvocationStatus({', '.join(s.value for s in InvocationStatus)})")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
 # Sent in the server's hello: a client built from another version of the backend protocol
-# (different operations or fields) is told so plainly instead of failing request by request.
+# (different operations, fields or statuses) is told so plainly instead of failing request
+# by request.
 SCHEMA = _fingerprint()
 
 
