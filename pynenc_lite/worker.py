@@ -143,6 +143,9 @@ def _main(argv: Optional[Sequence[str]]) -> int:
                 app.app_id,
                 target,
             )
+        # A queue in this process's memory (pynenc's Mem* components) is empty for any
+        # other process: a worker command, supervising or not, has nothing to serve.
+        runtime_of(app).require_shared_storage("the worker command")
         processes = _processes(args.processes, app.conf)
         backend = app.backend
         problem = storage_problem(runtime_of(app))  # opens (creates) the database now

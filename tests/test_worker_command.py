@@ -114,3 +114,21 @@ def test_without_processes_flag_the_worker_follows_the_configuration(tmp_path: P
         )
         assert out.returncode == 0, out.stderr
         assert f"{expected} x " in out.stderr, (extra, out.stderr)
+
+
+def test_an_app_kept_in_memory_is_refused_with_one_line(tmp_path: Path) -> None:
+    (tmp_path / "memapp.py").write_text(
+        "from pynenc_lite import PynencBuilder\n"
+        "app = PynencBuilder().app_id('mem').memory().build()\n\n"
+        "@app.task\ndef one():\n    return 1\n"
+    )
+    for processes in ("0", "2"):
+        out = subprocess.run(
+            [sys.executable, "-m", "pynenc_lite.worker", "memapp:app", "--burst",
+             "--processes", processes],
+            cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=60,
+        )
+        assert out.returncode == 2, out.stderr
+        assert "lives in the memory of this process" in out.stderr
+        assert "Traceback" not in out.stderr
+    assert not [p.name for p in tmp_path.iterdir() if "sqlite" in p.name]  # no file was made
