@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import re
@@ -174,6 +175,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help=argparse.SUPPRESS)
     parser.add_argument("--workers", type=int, default=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    # A program that configures its own logging, as services do (see bench_core): the
+    # library's default per-task INFO lines would otherwise be measured with the runner in
+    # the caller's process.
+    logging.basicConfig(level=logging.WARNING)
     if args.phase:
         print(json.dumps(run_phase(args)))
         return

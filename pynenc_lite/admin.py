@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import json
 import logging
 import os
@@ -50,7 +49,7 @@ from pynenc_lite.backend.sqlite import SQLiteBackend
 from pynenc_lite.errors import PynencError
 from pynenc_lite.loading import load_app
 from pynenc_lite.status import InvocationStatus
-from pynenc_lite.tables import format_table
+from pynenc_lite.tables import format_age, format_table, format_time, shorten
 
 logger = logging.getLogger(__name__)
 
@@ -67,33 +66,6 @@ class CommandError(Exception):
 
 
 # -- formatting ------------------------------------------------------------------------------
-
-
-def format_time(at: Optional[float]) -> Optional[str]:
-    """Local time with its UTC offset, to the millisecond; None stays None."""
-    if at is None:
-        return None
-    return datetime.datetime.fromtimestamp(at).astimezone().isoformat(" ", "milliseconds")
-
-
-def format_age(seconds: float) -> str:
-    """A short duration: `4.2s`, `12m05s`, `3h07m`, `2d05h`."""
-    seconds = max(0.0, seconds)
-    if seconds < 120:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    if minutes < 120:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 48:
-        return f"{hours}h{minutes:02d}m"
-    days, hours = divmod(hours, 24)
-    return f"{days}d{hours:02d}h"
-
-
-def shorten(text: str, limit: int) -> str:
-    """`text` cut to `limit` characters, saying how long it was."""
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
 
 
 def _safe_repr(value: Any) -> str:

@@ -1,11 +1,13 @@
-"""Aligned text tables for the command lines and `PynencConfig.format_table`.
+"""Text for the command lines: aligned tables (also `PynencConfig.format_table`), times,
+ages and shortened lines.
 
-It only lays out cells; what goes in the rows is the caller's business.
+It only formats; what goes in the rows is the caller's business.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import datetime
+from typing import Optional, Sequence
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -24,3 +26,30 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> st
         ).rstrip()
         for row in cells
     )
+
+
+def format_time(at: Optional[float]) -> Optional[str]:
+    """Local time with its UTC offset, to the millisecond; None stays None."""
+    if at is None:
+        return None
+    return datetime.datetime.fromtimestamp(at).astimezone().isoformat(" ", "milliseconds")
+
+
+def format_age(seconds: float) -> str:
+    """A short duration: `4.2s`, `12m05s`, `3h07m`, `2d05h`."""
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 120:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours:02d}h"
+
+
+def shorten(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters, saying how long it was."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
