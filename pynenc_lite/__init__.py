@@ -79,7 +79,7 @@ pynenc_paths.install()  # pynenc's import paths (pynenc_lite.conf.config_task, .
 def __getattr__(name: str) -> Any:
     module_name = _EXPORTS.get(name)
     if module_name is None:
-        raise AttributeError(f"module 'pynenc_lite' has no attribute {name!r}")
+        return pynenc_paths.submodule(__name__, name)  # pynenc's paths, or AttributeError
     value = getattr(importlib.import_module(module_name), name)
     globals()[name] = value  # next time without this function
     return value

@@ -22,11 +22,18 @@ if __name__ == "__main__" and _STARTS_A_WORKER and hasattr(signal, "pthread_sigm
 from typing import Optional, Sequence  # noqa: E402
 
 from pynenc_lite import admin, worker  # noqa: E402
+from pynenc_lite.runner.base import unblock_stop_signals  # noqa: E402
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run `python -m pynenc_lite`; returns the exit code."""
-    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _main(list(sys.argv[1:] if argv is None else argv))
+    finally:
+        unblock_stop_signals()  # held at the top for `runner start`; any other path frees them
+
+
+def _main(args: list[str]) -> int:
     app, verbose, rest = _pynenc_options(args)
     if rest[:2] == ["runner", "start"]:
         if app is None:

@@ -156,7 +156,7 @@ def open_backend(app: Pynenc, *, write: bool = False) -> Backend:
         )
     if conf.broker_url:
         return app.backend
-    # Same default as Pynenc._make_backend: a typo in --db must not look like an empty queue.
+    # Same default as Runtime._make_backend: a typo in --db must not look like an empty queue.
     path = app.sqlite_db_path
     if not os.path.exists(path):
         raise CommandError(

@@ -41,7 +41,7 @@ class Pynenc:
         app_id: the app's name (default from configuration, else "pynenc"); tasks, data and
             the default database file are per app.
         config_values: configuration fields given in code (see `conf.describe()`).
-        config_filepath: a JSON (or, on Python 3.11+, TOML) configuration file.
+        config_filepath: a JSON or TOML configuration file.
     """
 
     def __init__(

@@ -110,6 +110,13 @@ PYNENC_ONLY_TASK_OPTIONS = frozenset({
     "parallel_batch_size",
 })
 
+# pynenc's task defaults given as settings ([tool.pynenc.task]) that are decorator options
+# here: the warning says where they work.
+TASK_OPTIONS_AS_SETTINGS = frozenset({
+    "retry_for", "max_retries", "running_concurrency", "registration_concurrency",
+    "key_arguments", "reroute_on_concurrency_control",
+})
+
 # --- the warning ---------------------------------------------------------------------------
 # (kind, name) pairs already warned about: one warning per name per process, not one per
 # Pynenc() or per task. Guarded by _warned_lock (apps may be made on several threads).
@@ -124,6 +131,15 @@ def warn_ignored(kind: str, name: str, where: str) -> None:
         if (kind, name) in _warned:
             return
         _warned.add((kind, name))
+    if kind == "setting" and name in TASK_OPTIONS_AS_SETTINGS:
+        logger.warning(
+            "ignoring pynenc setting %r (from %s): in pynenc_lite it is a task option; give "
+            "it in the decorator, @app.task(%s=...), where it takes effect",
+            name,
+            where,
+            name,
+        )
+        return
     logger.warning(
         "ignoring pynenc %s %r (from %s): pynenc_lite accepts it for compatibility but has "
         "no use for it",

@@ -1,8 +1,8 @@
-"""Configuration: the table of fields, where each value comes from, and how it is checked.
+"""Configuration: `PynencConfig` (alias `Config`), an app's settings and where each came from.
 
-Holds `FIELDS` (the one table that defines every setting: name, type, default, meaning) and
-`PynencConfig` (alias `Config`), which reads the sources below, lowest precedence first, and
-remembers which one gave each value:
+It applies the settings of the sources below, lowest precedence first, checked against the
+`FIELDS` table (`config_fields`, re-exported here), and remembers which source gave each
+value:
 
     "default"      the table
     "pyproject"    [tool.pynenc] in the nearest pyproject.toml above `cwd`
@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 from pynenc_lite import compat
 from pynenc_lite.config_fields import (  # re-exported: the public names of conf
@@ -55,7 +56,20 @@ __all__ = ["ENV_FILEPATH", "ENV_PREFIX", "FIELDS", "SOURCES", "Config", "Field",
            "PynencConfig"]
 
 _LOG = logging.getLogger(__name__)
-_FIELD_BY_NAME = FIELD_BY_NAME  # the name older code and tests use
+# Serializes `reload_if_env_changed` across configs and threads (reloads are rare).
+_RELOAD_LOCK = threading.Lock()
+
+
+def _apply_order(setting: Setting, chain: tuple[str, ...]) -> tuple[int, int]:
+    """Where a setting goes in the order of application: by source, then flat before
+    sections, then runner sections from the most general to the chosen class's own."""
+    if setting.section is None:
+        rank = 0
+    elif setting.section in chain:
+        rank = 2 + chain.index(setting.section)
+    else:
+        rank = 1  # a section that is not a runner's (sqlite, pynenc, ...)
+    return SOURCES.index(setting.source), rank
 
 class PynencConfig:
     """The configuration of one app: every field in `FIELDS` is an attribute.
@@ -63,7 +77,7 @@ class PynencConfig:
     Args:
         app_id: the app's name; given here it counts as a "code" value.
         config_values: field values given in code (flat, or pynenc-style sections).
-        config_filepath: a .json (or, on Python 3.11+, .toml) file; else env PYNENC__FILEPATH.
+        config_filepath: a .json or .toml file; else env PYNENC__FILEPATH.
         environ: the environment to read; `os.environ` by default.
         cwd: where the pyproject.toml search starts and relative paths are resolved.
 
@@ -127,9 +141,14 @@ class PynencConfig:
         self._env_seen = env_snapshot(env)
         settings = list(read_sources(app_id, config_values, config_filepath, env, base))
         chain = runner_sections(settings)
-        for setting in settings:
-            if setting.section in compat.RUNNER_SECTIONS and setting.section not in chain:
-                continue  # another runner class's section
+        applicable = [
+            s for s in settings
+            if s.section not in compat.RUNNER_SECTIONS or s.section in chain
+        ]  # another runner class's section does not apply
+        # Within one source: flat values, then sections, the chosen runner class's most
+        # specific section last (it wins, as a subclass's config does in pynenc); across
+        # sources, precedence as read. sorted() is stable, so equal keys keep their order.
+        for setting in sorted(applicable, key=lambda s: _apply_order(s, chain)):
             self._apply(setting, convert(setting))
         check_order(self.as_dict(), self._origins)
 
@@ -159,21 +178,22 @@ class PynencConfig:
         """
         if not self._follows_os_environ:
             return False
-        seen = env_snapshot(os.environ)
-        if seen == self._env_seen:
+        if env_snapshot(os.environ) == self._env_seen:
             return False
-        app_id, config_values, config_filepath, base = self._inputs
-        fresh = type(self)(app_id, config_values, config_filepath, cwd=base)
-        assigned = {
-            name: (getattr(self, name), self._origins[name])
-            for name, source in self._sources.items()
-            if source == "assignment"
-        }
-        self.__dict__.update(fresh.__dict__)
-        for name, (value, origin) in assigned.items():
-            object.__setattr__(self, name, value)
-            self._sources[name] = "assignment"
-            self._origins[name] = origin
+        with _RELOAD_LOCK:  # one reload at a time; the others find it done
+            if env_snapshot(os.environ) == self._env_seen:
+                return False
+            app_id, config_values, config_filepath, base = self._inputs
+            state = dict(type(self)(app_id, config_values, config_filepath, cwd=base).__dict__)
+            sources, origins = dict(state["_sources"]), dict(state["_origins"])
+            for name, source in self._sources.items():
+                if source == "assignment":  # values assigned at run time stay
+                    state[name] = getattr(self, name)
+                    sources[name], origins[name] = "assignment", self._origins[name]
+            state["_sources"], state["_origins"] = sources, origins
+            # One dict update: a reader sees the old state or the new one, never a mix of
+            # the environment's values and lost assignments.
+            self.__dict__.update(state)
         _LOG.debug("the environment changed: configuration read again")
         return True
 
@@ -233,3 +253,10 @@ Config = PynencConfig
 
 def _shown(field: Field, value: object) -> object:
     return "***" if field.secret and value is not None else value
+
+
+def __getattr__(name: str) -> Any:
+    # pynenc's submodule paths under this module (see pynenc_lite.pynenc_paths).
+    from pynenc_lite import pynenc_paths
+
+    return pynenc_paths.submodule(__name__, name)

@@ -5,10 +5,11 @@
     run_claimed      a runner's claimed invocation -> Outcome (SUCCESS, RETRY or FAILED)
     run_inline       sync mode's call -> LocalOutcome, retrying at once as the policy allows
 
-Both catch every `BaseException` a task raises: a task raising SystemExit, KeyboardInterrupt
-or asyncio.CancelledError fails its invocation (on a runner it must not end a worker thread
-and leave the invocation RUNNING for ever; in sync mode the caller gets the same exception
-back from `.result`, as it would from a worker). Neither ever raises itself.
+On a runner every `BaseException` a task raises fails its invocation: a task raising
+SystemExit, KeyboardInterrupt or asyncio.CancelledError must not end a worker thread and leave
+the invocation RUNNING for ever. Inline (sync mode) the same holds, except that
+KeyboardInterrupt and SystemExit go straight up, as they would without the library: the
+caller's thread is the one a Ctrl-C or `sys.exit()` is meant to stop.
 
 It does no storage I/O: runners store the outcomes, sync mode hands them to the caller.
 """
@@ -155,6 +156,8 @@ def run_inline(
             if round_trip:
                 value = serializer.loads_value(task.name, serializer.dumps_value(task.name, value))
             return LocalOutcome(invocation_id, value=value)
+        except (KeyboardInterrupt, SystemExit):
+            raise  # stops the caller, as without the library (see the module docstring)
         except BaseException as exc:
             if task.options.should_retry(exc, retries):
                 retries += 1

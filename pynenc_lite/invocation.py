@@ -230,7 +230,12 @@ class Invocation(Generic[R]):
         it also ends when the hub was closed meanwhile, and it gives the no-worker warning.
         """
         check_timeout(timeout)
-        future = asyncio.wrap_future(self.future)
+        loop = asyncio.get_running_loop()
+        # The first use registers with the hub and reads storage: off the event loop too.
+        registered = self._future
+        if registered is None:
+            registered = await loop.run_in_executor(None, lambda: self.future)
+        future = asyncio.wrap_future(registered)
         deadline = _Deadline(timeout, self.runtime)
         warned = False
         while True:
@@ -241,11 +246,11 @@ class Invocation(Generic[R]):
                 return self._decode(future.result())
             if deadline.passed():
                 raise self._timeout_error(timeout)
-            stored = await asyncio.get_running_loop().run_in_executor(None, self._stored_outcome)
+            stored = await loop.run_in_executor(None, self._stored_outcome)
             if stored is not None:
                 return self._decode(stored)
             if not warned:
-                warned = await asyncio.get_running_loop().run_in_executor(
+                warned = await loop.run_in_executor(
                     None, self.runtime.warn_if_no_worker, repr(self), deadline.waited()
                 )
 
@@ -398,6 +403,7 @@ class InvocationGroup(Generic[R]):
 
         Raises:
             InvocationTimeoutError: `timeout` seconds passed before all finished.
+            InvocationNotFoundError: one of them is not stored (purged, expired, wrong id).
         """
         check_timeout(timeout)
         self._register()
@@ -408,7 +414,7 @@ class InvocationGroup(Generic[R]):
             return
         runtime = self.invocations[0].runtime
         deadline = _Deadline(timeout, runtime)
-        warned = False
+        warned = looked = False
         while pending:
             done, _ = concurrent.futures.wait(
                 pending, timeout=deadline.step(), return_when=concurrent.futures.FIRST_COMPLETED
@@ -424,7 +430,25 @@ class InvocationGroup(Generic[R]):
                 )
             # One read for every invocation still pending: outcomes stored but not told.
             by_id = {group[0].invocation_id: future for future, group in pending.items()}
-            for outcome in runtime.backend.get_outcomes(list(by_id)):
+            backend = runtime.backend
+            try:
+                outcomes = backend.get_outcomes(list(by_id))
+                if not looked:
+                    # Once: an id that is not stored at all would be waited for in vain.
+                    final = {o.invocation_id for o in outcomes}
+                    for invocation_id in by_id:
+                        if invocation_id not in final and (
+                            backend.get_invocation(invocation_id) is None
+                        ):
+                            raise InvocationNotFoundError(
+                                runtime.not_found_message(invocation_id)
+                            )
+                    looked = True
+            except BackendError:
+                if not runtime.was_closed(backend):
+                    raise
+                continue  # the app was closed under us: its next backend is asked next time
+            for outcome in outcomes:
                 future = by_id[outcome.invocation_id]
                 with contextlib.suppress(concurrent.futures.InvalidStateError):
                     future.set_result(outcome)  # unless the hub told it just now
@@ -459,3 +483,10 @@ class Results(Generic[R]):
 # pynenc's names for the same handles (`from pynenc_lite.invocation import DistributedInvocation`).
 DistributedInvocation = ConcurrentInvocation = BaseInvocation = Invocation
 DistributedInvocationGroup = ConcurrentInvocationGroup = BaseInvocationGroup = InvocationGroup
+
+
+def __getattr__(name: str) -> Any:
+    # pynenc's submodule paths under this module (see pynenc_lite.pynenc_paths).
+    from pynenc_lite import pynenc_paths
+
+    return pynenc_paths.submodule(__name__, name)

@@ -19,6 +19,7 @@ Nothing here has behaviour, and nothing is imported before a pynenc path is: imp
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import sys
 import types
 from typing import Any
@@ -74,7 +75,22 @@ def _module_for(path: str) -> types.ModuleType:
 
     module.__getattr__ = lookup  # type: ignore[method-assign]
     module.__all__ = sorted(names)  # type: ignore[attr-defined]
+    module.__spec__ = importlib.machinery.ModuleSpec(path, None, origin=__name__)
     return module
+
+
+def submodule(parent: str, name: str) -> types.ModuleType:
+    """`parent.name` when it is one of pynenc's paths, for the parent's module `__getattr__`
+    (so `import pynenc_lite.conf.config_task` followed by the dotted access works).
+
+    Raises:
+        AttributeError: it is not.
+    """
+    path = f"{parent}.{name}"
+    if path not in PATHS:
+        raise AttributeError(f"module {parent!r} has no attribute {name!r}")
+    install()
+    return sys.modules[path]
 
 
 def install() -> None:

@@ -54,9 +54,17 @@ class RegisteredTask(Protocol):
     ) -> dict[str, Any]: ...
 
 
-# Every runtime alive in this process: the one registry that pickling across processes needs
-# (an invocation passed as an argument is unpickled on the worker by its app's id).
-_live_runtimes: weakref.WeakSet[Runtime] = weakref.WeakSet()
+# Every runtime made in this process, oldest first (weak: a dropped app is forgotten): the one
+# registry that pickling across processes needs (an invocation passed as an argument is
+# unpickled on the worker by its app's id). Guarded by _registry_lock.
+_live_runtimes: list[weakref.ref[Runtime]] = []
+_registry_lock = threading.Lock()
+
+
+def _remember(runtime: Runtime) -> None:
+    with _registry_lock:
+        _live_runtimes[:] = [ref for ref in _live_runtimes if ref() is not None]
+        _live_runtimes.append(weakref.ref(runtime))
 
 
 def find_runtime(app_id: str) -> Runtime:
@@ -65,7 +73,9 @@ def find_runtime(app_id: str) -> Runtime:
     Raises:
         LookupError: no app of that name exists here; the message says what to import.
     """
-    found = [rt for rt in list(_live_runtimes) if rt.app_id == app_id]
+    with _registry_lock:
+        alive = [rt for rt in (ref() for ref in _live_runtimes) if rt is not None]
+    found = [rt for rt in alive if rt.app_id == app_id]
     if not found:
         raise LookupError(
             f"no app {app_id!r} exists in this process, so an invocation of it cannot be "
@@ -97,7 +107,7 @@ class Runtime:
         self._lock = threading.RLock()
         self._backend: Optional[Backend] = None
         self._hub: Optional[Hub] = None
-        _live_runtimes.add(self)
+        _remember(self)
 
     def __repr__(self) -> str:
         return f"<Runtime {self.app_id!r}>"

@@ -1,5 +1,5 @@
 """A reader for the part of TOML that pynenc configuration uses, for Python 3.9 and 3.10
-(3.11+ has `tomllib`, which `conf` uses there).
+(3.11+ has `tomllib`, which `config_reading` uses there).
 
     [tool.pynenc]                      tables, dotted headers, quoted keys
     app_id = "my_app"                  basic strings (with escapes) and 'literal' strings
@@ -26,6 +26,11 @@ from typing import Any, NoReturn, Optional
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _INTEGER = re.compile(r"[+-]?(0|[1-9](_?[0-9])*)")
 _PREFIXED = {"0x": 16, "0o": 8, "0b": 2}
+_PREFIXED_DIGITS = {
+    base: re.compile(f"[{digits}](_?[{digits}])*")
+    for base, digits in ((16, "0-9a-fA-F"), (8, "0-7"), (2, "01"))
+}
+_TOKEN = re.compile(r"[^\s,\]\}#]+")
 _FLOAT = re.compile(r"[+-]?(0|[1-9](_?[0-9])*)(\.[0-9](_?[0-9])*)?([eE][+-]?[0-9](_?[0-9])*)?")
 _SPECIAL_FLOATS = {"inf": math.inf, "+inf": math.inf, "-inf": -math.inf, "nan": math.nan,
                    "+nan": math.nan, "-nan": math.nan}
@@ -56,27 +61,55 @@ class _Parser:
     # -- the document ---------------------------------------------------------------------
 
     def parse(self) -> dict[str, Any]:
-        table: Optional[dict[str, Any]] = self.root if self.within is None else None
+        path: list[str] = []  # the current table's header path
+        headers: set[tuple[str, ...]] = set()
         while True:
             self._skip_blank_lines()
             if self.pos >= len(self.text):
                 return self.root
             if self.text.startswith("[[", self.pos):
                 path = self._header(double=True)
-                if self._wanted(path):
+                if self._overlaps(path):
                     self._fail("arrays of tables ([[...]]) are not supported here; use a "
                                "table or an inline table")
-                table = None
             elif self.text[self.pos] == "[":
                 path = self._header(double=False)
-                table = self._table_at(path) if self._wanted(path) else None
-            elif table is None:
-                self._skip_statement()
+                if tuple(path) in headers:
+                    self._fail(f"table [{'.'.join(path)}] is declared twice")
+                headers.add(tuple(path))
+                if self._wanted(path):
+                    self._table_at(path)
             else:
-                self._key_value(table)
+                self._statement(path)
+
+    def _statement(self, table_path: list[str]) -> None:
+        """One `key = value` line: read when its full path reaches what is read (a dotted
+        key or an inline table can reach `[tool.pynenc]` from `[tool]`), skipped otherwise."""
+        start = self.pos
+        key = self._key_path()
+        full = table_path + key
+        if not self._overlaps(full):
+            self.pos = start
+            self._skip_statement()
+            return
+        self._spaces()
+        if not self.text.startswith("=", self.pos):
+            self._fail("expected '=' after the key")
+        self.pos += 1
+        self._spaces()
+        value = self._value()
+        self._assign(self.root, full, value)
+        self._end_of_line()
 
     def _wanted(self, path: list[str]) -> bool:
         return self.within is None or tuple(path[: len(self.within)]) == self.within
+
+    def _overlaps(self, path: list[str]) -> bool:
+        """True when `path` lies inside what is read, or leads to it (`tool` + `pynenc = {}`)."""
+        if self.within is None:
+            return True
+        size = min(len(path), len(self.within))
+        return tuple(path[:size]) == self.within[:size] and len(path) >= len(self.within)
 
     def _table_at(self, path: list[str]) -> dict[str, Any]:
         table = self.root
@@ -95,17 +128,6 @@ class _Parser:
         self.pos += len(closing)
         self._end_of_line()
         return path
-
-    def _key_value(self, table: dict[str, Any]) -> None:
-        path = self._key_path()
-        self._spaces()
-        if not self.text.startswith("=", self.pos):
-            self._fail("expected '=' after the key")
-        self.pos += 1
-        self._spaces()
-        value = self._value()
-        self._assign(table, path, value)
-        self._end_of_line()
 
     def _assign(self, table: dict[str, Any], path: list[str], value: Any) -> None:
         for key in path[:-1]:
@@ -227,7 +249,7 @@ class _Parser:
                 self._fail("expected ',' or '}' in an inline table")
 
     def _scalar(self) -> Any:
-        match = re.compile(r"[^\s,\]\}#]+").match(self.text, self.pos)
+        match = _TOKEN.match(self.text, self.pos)
         if not match:
             self._fail("expected a value")
         token = match.group()
@@ -238,10 +260,10 @@ class _Parser:
             return _SPECIAL_FLOATS[token]
         base = _PREFIXED.get(token[:2])
         if base is not None:
-            try:
-                return int(token[2:].replace("_", ""), base)
-            except ValueError:
+            digits = token[2:]
+            if not _PREFIXED_DIGITS[base].fullmatch(digits):
                 self._fail(f"{token!r} is not a number")
+            return int(digits.replace("_", ""), base)
         if _INTEGER.fullmatch(token):
             return int(token.replace("_", ""))
         if _FLOAT.fullmatch(token):
@@ -285,10 +307,7 @@ class _Parser:
         while self.pos < len(self.text):
             for quote in ('"""', "'''"):
                 if self.text.startswith(quote, self.pos):
-                    end = self.text.find(quote, self.pos + 3)
-                    if end < 0:
-                        self._fail("a multi-line string is not closed")
-                    self.pos = end + 3
+                    self._skip_multi_line_string(quote)
                     break
             else:
                 char = self.text[self.pos]
@@ -309,6 +328,27 @@ class _Parser:
                     self.pos += 1
                     return
                 self.pos += 1
+
+    def _skip_multi_line_string(self, quote: str) -> None:
+        """Move past a multi-line string that starts here (in a table that is not read)."""
+        pos = self.pos + 3
+        while True:
+            end = self.text.find(quote, pos)
+            if end < 0:
+                self._fail("a multi-line string is not closed")
+            backslashes = 0
+            while quote == '"""' and self.text[end - 1 - backslashes] == "\\":
+                backslashes += 1
+            if backslashes % 2:  # an escaped quote inside a basic string
+                pos = end + 1
+                continue
+            end += 3
+            extra = 0  # up to two more quotes belong to the string ('a """"' ends 'a "')
+            while extra < 2 and self.text.startswith(quote[0], end):
+                end += 1
+                extra += 1
+            self.pos = end
+            return
 
     def _fail(self, message: str) -> NoReturn:
         line = self.text.count("\n", 0, self.pos) + 1

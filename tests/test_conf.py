@@ -13,6 +13,7 @@ import pickle
 import sys
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 
@@ -118,7 +119,7 @@ def test_repr_is_short_and_format_table_lists_every_field(project: Path) -> None
     lines = conf.format_table().splitlines()
     assert lines[0].split() == ["field", "value", "source"]
     assert len(lines) == len(FIELDS) + 1
-    assert lines[FIELDS.index(conf_module._FIELD_BY_NAME["max_threads"]) + 1].split() == [
+    assert lines[FIELDS.index(conf_module.FIELD_BY_NAME["max_threads"]) + 1].split() == [
         "max_threads", "2", "code"]
 
 
@@ -533,3 +534,30 @@ def test_broker_secret_is_masked(project: Path) -> None:
     with pytest.raises(ConfigError) as info:
         make(project, config_values={"broker_secret": 12345678})
     assert "12345678" not in str(info.value) and "***" in str(info.value)
+
+
+def test_the_chosen_runner_classs_own_section_beats_its_parents(project: Path) -> None:
+    env = {"PYNENC__RUNNER_CLS": "MultiThreadRunner",
+           "PYNENC__MULTITHREADRUNNER__MAX_THREADS": "7",
+           "PYNENC__THREADRUNNER__MAX_THREADS": "3"}  # sorted after it by name
+    assert make(project, env).max_threads == 7
+    values = {"runner_cls": "MultiThreadRunner", "multithreadrunner": {"max_threads": 2},
+              "threadrunner": {"max_threads": 5}}  # the parent's section comes last here
+    assert make(project, config_values=values).max_threads == 2
+    process = {"runner_cls": "ProcessRunner", "processrunner": {"lease_seconds": 7},
+               "runner": {"lease_seconds": 3}}
+    assert make(project, config_values=process).lease_seconds == 7
+    # A later source still beats an earlier one's more specific section.
+    (project / "pyproject.toml").write_text(
+        "[tool.pynenc.threadrunner]\nmax_threads = 9\n", encoding="utf-8")
+    assert make(project, {"PYNENC__MAX_THREADS": "4"}).max_threads == 4
+
+
+def test_a_reload_keeps_run_time_assignments(project: Path) -> None:
+    conf = PynencConfig(cwd=project)
+    conf.max_threads = 3
+    with mock.patch.dict(os.environ, {"PYNENC__APP_ID": "reloaded"}):
+        assert conf.reload_if_env_changed()
+        assert (conf.app_id, conf.max_threads) == ("reloaded", 3)
+        assert conf.source_of("max_threads") == "assignment"
+        assert not conf.reload_if_env_changed()  # nothing changed since

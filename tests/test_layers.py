@@ -18,15 +18,14 @@ ROOT = Path(__file__).resolve().parent.parent / PACKAGE
 # Lowest first. A module may import modules of its own layer or of lower layers only.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundations", ("errors", "status", "serializer", "options", "cron", "importing",
-                     "compat", "config_fields", "config_reading", "conf", "tables", "toml_subset",
-                     "logs")),
+                     "compat", "pynenc_paths", "config_fields", "config_reading", "conf",
+                     "tables", "toml_subset", "logs")),
     ("storage", ("backend",)),
     ("runtime", ("runtime", "waiting", "execution")),
     ("calls", ("invocation", "invoke", "task")),
     ("runners", ("runner",)),
-    # "" is the package's __init__; builder makes Pynenc apps the pynenc way, and
-    # pynenc_paths names pynenc's import paths: both are the facade too.
-    ("facade", ("app", "builder", "pynenc_paths", "")),
+    # "" is the package's __init__; builder makes Pynenc apps the pynenc way.
+    ("facade", ("app", "builder", "")),
     ("command lines", ("loading", "worker", "admin", "server", "__main__")),
 ]
 # The facade is imported only from above it.

@@ -142,7 +142,11 @@ def test_every_pynenc_path_imports_first_thing_in_a_fresh_process() -> None:
     lines = [f"from {path} import {', '.join(sorted(names))}" for path, names in PATHS.items()]
     lines += ["from pynenc_lite.builder import PynencBuilder",
               "from pynenc_lite.invocation import DistributedInvocation, InvocationStatus",
-              "from pynenc_lite.runner import MultiThreadRunner, PersistentProcessRunner"]
+              "from pynenc_lite.runner import MultiThreadRunner, PersistentProcessRunner",
+              "import pynenc_lite.conf.config_task; pynenc_lite.conf.config_task.ConfigTask",
+              "import pynenc_lite.exceptions as e; e.RetryError",
+              "import pynenc_lite, importlib.util as u; "
+              "assert u.find_spec('pynenc_lite.invocation.status')"]
     for line in lines:  # each as the first import of its own interpreter
         done = subprocess.run([sys.executable, "-c", line], cwd=ROOT, capture_output=True,
                               text=True, timeout=60)

@@ -171,3 +171,15 @@ def test_pynenc_made_with_the_env_variable_is_in_sync_mode(
         app.close()
     assert pynenc_threads() - before == set()
     assert sqlite_files(tmp_path) == []
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, SystemExit])
+def test_ctrl_c_and_exit_in_an_inline_task_stop_the_caller(
+    sync_app: Pynenc, stop: type[BaseException]
+) -> None:
+    @sync_app.task
+    def stops() -> None:
+        raise stop()
+
+    with pytest.raises(stop):  # at the call, not hidden in an Invocation
+        stops()

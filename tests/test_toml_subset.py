@@ -109,3 +109,41 @@ def test_refuses_unsupported_constructs_inside_the_tables_it_reads() -> None:
     text = "[project]\nwhen = 1979-05-27\n[tool.pynenc]\napp_id = 1979-05-27\n"
     with pytest.raises(TomlSubsetError, match="line 4: .*dates"):  # line 2 is skipped
         toml_subset.loads(text, within=("tool", "pynenc"))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[tool]\npynenc.max_threads = 3\n",
+        "tool.pynenc.max_threads = 3\n",
+        "[tool]\npynenc = { max_threads = 3 }\n",
+        "[tool.pynenc]\nmax_threads = 3\n",
+    ],
+)
+def test_every_spelling_that_reaches_the_table_read_is_read(text: str) -> None:
+    expected = {"tool": {"pynenc": {"max_threads": 3}}}
+    assert toml_subset.loads(text, within=("tool", "pynenc")) == expected
+    if tomllib is not None:
+        assert tomllib.loads(text) == expected
+
+
+def test_skipped_multi_line_strings_end_where_toml_says() -> None:
+    text = (
+        '[tool.other]\na = """ends with a quote""""\n'
+        'b = """an escaped \\""" stays inside\n[tool.pynenc]\nnot = 1\n"""\n'
+        "[tool.pynenc]\napp_id = 'x'\n"
+    )
+    assert toml_subset.loads(text, within=("tool", "pynenc")) == {
+        "tool": {"pynenc": {"app_id": "x"}}
+    }
+    if tomllib is not None:
+        assert tomllib.loads(text)["tool"]["pynenc"] == {"app_id": "x"}
+
+
+@pytest.mark.parametrize("text", ["[t]\na = 1\n[t]\nb = 2\n", "a = 0x-1\n", "a = 0x_1\n"])
+def test_invalid_toml_that_looked_fine_is_refused(text: str) -> None:
+    with pytest.raises(TomlSubsetError):
+        toml_subset.loads(text)
+    if tomllib is not None:
+        with pytest.raises(tomllib.TOMLDecodeError):
+            tomllib.loads(text)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from pynenc_lite import InvocationTimeoutError, Pynenc, ThreadRunner
+from pynenc_lite import InvocationNotFoundError, InvocationTimeoutError, Pynenc, ThreadRunner
 from pynenc_lite.backend.sqlite import SQLiteBackend
 from pynenc_lite.waiting import Hub
 from tests import tasks_core
@@ -136,3 +136,13 @@ def test_hub_answers_while_its_watcher_is_stuck_in_a_backend_read(tmp_path: Any)
         backend.release.set()
         hub.close()
         backend.close()
+
+
+def test_as_completed_of_an_id_that_is_not_stored_says_so(
+    configure_core_app: ConfigureApp,
+) -> None:
+    app = configure_core_app(no_worker_warning_seconds=0.05)
+    group = tasks_core.multiply.parallelize([(1, 1), (2, 2)])
+    app.purge()  # the rows are gone; a wait would never end
+    with pytest.raises(InvocationNotFoundError, match="result_ttl_seconds"):
+        list(group.as_completed(timeout=WAIT_SECONDS))

@@ -4,6 +4,8 @@
 worker processes that each run a `ThreadRunner`.
 """
 
+from typing import Any
+
 from pynenc_lite.execution import RunningInvocation, current_invocation
 from pynenc_lite.runner.process_runner import ProcessRunner
 from pynenc_lite.runner.thread_runner import ThreadRunner
@@ -19,3 +21,10 @@ __all__ = [
     "ThreadRunner",
     "current_invocation",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # pynenc's submodule paths under this module (see pynenc_lite.pynenc_paths).
+    from pynenc_lite import pynenc_paths
+
+    return pynenc_paths.submodule(__name__, name)

@@ -49,6 +49,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Optional, Union
 
+from pynenc_lite import logs
 from pynenc_lite.errors import BackendError
 from pynenc_lite.importing import find_target, import_object
 from pynenc_lite.runner.base import (
@@ -84,6 +85,10 @@ MAX_RESPAWN_DELAY_SECONDS = 5.0
 EXIT_NO_STORAGE = 78
 
 
+# What `_child_log_level` passes when the supervisor shows the library's default output.
+_DEFAULT_OUTPUT = "default"
+
+
 def _child_main(
     target: str,
     conf: PynencConfig,
@@ -100,7 +105,9 @@ def _child_main(
     # SIGINT/SIGTERM wait (pending) until the runner below has its handlers: a stop asked
     # for while the app imports is then a graceful stop, not a traceback.
     block_stop_signals()
-    if log_level:
+    if log_level == _DEFAULT_OUTPUT:  # the supervisor prints the library's default output
+        logs.install_default_handler(conf.logging_level, conf.log_stream)
+    elif log_level:
         logging.basicConfig(
             level=log_level,
             format="%(asctime)s %(levelname)s [%(processName)s] %(name)s: %(message)s",
@@ -419,6 +426,9 @@ class ProcessRunner(BaseRunner):
     @staticmethod
     def _child_log_level() -> Optional[str]:
         # Spawned children start with no logging set up; give them the parent's level when
-        # the parent configured logging, else leave theirs alone.
+        # the parent configured logging, the library's default output when the parent shows
+        # it, else leave theirs alone.
         root = logging.getLogger()
-        return logging.getLevelName(root.level) if root.handlers else None
+        if root.handlers:
+            return logging.getLevelName(root.level)
+        return _DEFAULT_OUTPUT if logs.has_default_handler() else None
