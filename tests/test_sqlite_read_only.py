@@ -120,7 +120,8 @@ def test_a_read_only_open_checks_the_schema_version_and_creates_nothing(tmp_path
     with pytest.raises(BackendError, match="no pynenc_lite tables"):
         backend.get_invocation("x")
     backend.close()
-    tables = sqlite3.connect(empty).execute("SELECT name FROM sqlite_master").fetchall()
+    with contextlib.closing(sqlite3.connect(empty)) as conn:
+        tables = conn.execute("SELECT name FROM sqlite_master").fetchall()
     assert tables == []  # the read-only open created nothing
     assert schema.SCHEMA_VERSION != "99"
 
