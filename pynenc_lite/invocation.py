@@ -135,8 +135,7 @@ class Invocation(Generic[R]):
             rt = self.runtime
             future = rt.hub.future_for(self.invocation_id)
             if not future.done() and rt.backend.get_invocation(self.invocation_id) is None:
-                rt.hub.forget(self.invocation_id)
-                raise InvocationNotFoundError(rt.not_found_message(self.invocation_id))
+                raise self._not_stored()
             self._future = future  # type: ignore[assignment]
         assert self._future is not None
         return self._future
@@ -157,7 +156,7 @@ class Invocation(Generic[R]):
             return outcome.status
         record = self.record()
         if record is None:
-            raise InvocationNotFoundError(self.runtime.not_found_message(self.invocation_id))
+            raise self._not_stored()
         return record.status
 
     def record(self) -> Optional[InvocationRecord]:
@@ -293,9 +292,14 @@ class Invocation(Generic[R]):
                 raise
             return None  # the app was closed under us (its next backend is asked next time)
         if record is None:
-            rt.hub.forget(self.invocation_id)
-            raise InvocationNotFoundError(rt.not_found_message(self.invocation_id))
+            raise self._not_stored()
         return outcomes[0] if outcomes else None
+
+    def _not_stored(self) -> InvocationNotFoundError:
+        """The error for an invocation that is not stored (nobody will tell its future)."""
+        if self.runtime.has_hub:
+            self.runtime.hub.forget(self.invocation_id)
+        return InvocationNotFoundError(self.runtime.not_found_message(self.invocation_id))
 
     def _timeout_error(self, timeout: Optional[float]) -> InvocationTimeoutError:
         return InvocationTimeoutError(
@@ -436,13 +440,11 @@ class InvocationGroup(Generic[R]):
                 if not looked:
                     # Once: an id that is not stored at all would be waited for in vain.
                     final = {o.invocation_id for o in outcomes}
-                    for invocation_id in by_id:
+                    for invocation_id, future in by_id.items():
                         if invocation_id not in final and (
                             backend.get_invocation(invocation_id) is None
                         ):
-                            raise InvocationNotFoundError(
-                                runtime.not_found_message(invocation_id)
-                            )
+                            raise pending[future][0]._not_stored()
                     looked = True
             except BackendError:
                 if not runtime.was_closed(backend):

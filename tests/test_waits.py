@@ -8,6 +8,7 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -56,8 +57,10 @@ def test_async_direct_task_waiting_across_app_close_returns(
 
     async def main() -> Any:
         call = asyncio.ensure_future(tasks_core.async_add(2, 3))
-        while not app.backend.list_invocations(app.app_id):
-            await asyncio.sleep(0.005)  # until the call is stored
+        deadline = time.monotonic() + WAIT_SECONDS
+        while not app.backend.list_invocations(app.app_id):  # until the call is stored
+            assert time.monotonic() < deadline, "the async call was never stored"
+            await asyncio.sleep(0.005)
         await asyncio.get_running_loop().run_in_executor(None, _run_after_closing, app)
         return await asyncio.wait_for(call, WAIT_SECONDS)
 
